@@ -1,0 +1,58 @@
+# The two commands a user needs: `make run` and `make test`. Everything else is a habit.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+.PHONY: run test install install-dev lint format typecheck unit integration fixtures bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever pyproject.toml changes; the package index is the only network used.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+## Serve the app on the embedded defaults (tiny.en, CPU) at http://127.0.0.1:8000
+run: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/serve run serve_config.yaml
+
+## Lint, type-check and run the whole test suite (unit + integration)
+test: install-dev lint typecheck
+	$(PY) -m pytest
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+unit: install-dev
+	$(PY) -m pytest tests/unit
+
+integration: install-dev
+	$(PY) -m pytest tests/integration
+
+## Regenerate the committed speech fixtures (needs Debian's espeak-ng and sox)
+fixtures: install-dev
+	$(PY) scripts/make_fixtures.py
+
+## Throughput benchmark (issue #3): in-process limits against the Serve app
+bench: install-dev
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

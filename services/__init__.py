@@ -1,0 +1,1 @@
+"""Business logic of rayscribe: pure Python, no Ray and no HTTP framework."""

@@ -1,0 +1,73 @@
+"""Expected failures as classes that carry their HTTP status and OpenAI error fields.
+
+Services raise these; the HTTP edge renders them as
+`{"error": {"message", "type", "param", "code"}}`. Anything else that escapes is a bug
+and becomes a 500.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+        self.headers = headers or {}
+
+
+class InvalidRequestError(ServiceError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class NotFoundError(ServiceError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status_code = 415
+    error_type = "invalid_request_error"
+
+
+class OverloadedError(ServiceError):
+    """The system is at capacity; the client should retry after `retry_after_s`."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class UnavailableError(ServiceError):
+    """A dependency the request needs is down."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})

@@ -1,0 +1,123 @@
+"""One typed configuration for every process: the ingress, the Whisper replicas, the tools.
+
+Every field reads from the environment with the prefix ``RAYSCRIBE_``; nested sections use
+``__`` (``RAYSCRIBE_WHISPER__MODEL=base``). A ``.env`` file in the working directory is read too.
+Values are validated when a process starts, so a bad deployment fails before it serves.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+PUBLIC_BIND_ADDRESSES = frozenset({"0.0.0.0", "::", "[::]"})
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    UAT = "uat"
+    PROD = "prod"
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy is exposed on; keep it equal to serve_config.yaml's http_options.host."""
+
+    max_upload_bytes: int = Field(default=25 * MIB, gt=0)
+    """Largest upload the synchronous endpoints accept, in bytes (OpenAI's limit is 25 MB)."""
+
+    sync_max_duration_s: float = Field(default=600.0, gt=0)
+    """Longest audio the synchronous endpoints transcribe, in seconds of decoded audio."""
+
+
+class WhisperSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    model: str = "tiny.en"
+    """`tiny.en` (bundled), `base` (multilingual, bundled in two parts) or a CTranslate2 model directory."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs; `auto` picks CUDA when CTranslate2 sees a GPU, else the CPU."""
+
+    compute_type: str = "auto"
+    """CTranslate2 compute type; `auto` means float16 on GPU and int8 on CPU."""
+
+    cpu_threads: int = Field(default=2, ge=1)
+    """CTranslate2 threads per model worker on CPU; keep cpu_threads x num_workers within the cores the replica may use."""
+
+    num_workers: int = Field(default=1, ge=1)
+    """Model workers per replica that may run batches in parallel (they share the weights)."""
+
+    beam_size: int = Field(default=1, ge=1, le=10)
+    """Beam width for decoding; 1 is greedy, the fastest choice on CPU."""
+
+    decode_batch_size: int = Field(default=8, ge=1)
+    """How many 30 s windows go through the model in one CTranslate2 call."""
+
+    pack_across_requests: bool = True
+    """Let speech from different requests share a 30 s window; off gives output that never depends on other traffic."""
+
+    cache_dir: Path | None = None
+    """Where a model shipped in parts is joined once; defaults to `<data_dir>/models`."""
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level written to the JSON log lines."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAYSCRIBE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+    env: Environment = Environment.DEV
+    """Deployment environment: `dev`, `uat` or `prod`; outside dev, unsafe values are refused."""
+
+    data_dir: Path = Path(".rayscribe")
+    """Directory for local state (joined models, later the database and stored audio)."""
+
+    server: ServerSettings = ServerSettings()
+    """HTTP-facing limits."""
+
+    whisper: WhisperSettings = WhisperSettings()
+    """The speech model and how it runs."""
+
+    logging: LoggingSettings = LoggingSettings()
+    """Structured logging."""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_values_outside_dev(self) -> Settings:
+        if self.env is Environment.DEV:
+            return self
+        problems: list[str] = []
+        if self.server.host in PUBLIC_BIND_ADDRESSES:
+            problems.append(
+                f"server.host is {self.server.host!r}, a public bind, and no authentication is "
+                "configured; bind 127.0.0.1 behind an authenticating proxy"
+            )
+        if not self.data_dir.is_absolute():
+            problems.append(f"data_dir must be an absolute path, got {str(self.data_dir)!r}")
+        cache_dir = self.whisper.cache_dir
+        if cache_dir is not None and not cache_dir.is_absolute():
+            problems.append(f"whisper.cache_dir must be an absolute path, got {str(cache_dir)!r}")
+        if problems:
+            raise ValueError(f"unsafe settings for env={self.env.value}: " + "; ".join(problems))
+        return self
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.whisper.cache_dir or self.data_dir / "models"
