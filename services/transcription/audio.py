@@ -1,0 +1,261 @@
+"""Decoding untrusted audio into 16 kHz mono float32, with PyAV and bounded memory.
+
+Why not `faster_whisper.decode_audio`: it decodes the whole file before anyone can check
+its length, hides truncation, and raises bare `IndexError`s on some inputs. Here the
+decoder streams, counts decoded samples (container metadata is attacker-controlled) and
+stops as soon as the cap is passed, so a 200 kB FLAC of two hours of silence is refused
+after a few milliseconds and a few MB.
+
+The mapping of failures (each an error class with its HTTP status):
+empty file, undecodable/corrupt stream, truncated file, zero samples -> 400;
+a file that opens but has no audio stream, or a container we do not accept -> 415;
+longer than the cap -> 413.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import av.error
+import numpy as np
+
+from services.core.errors import (
+    InvalidRequestError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from services.core.logging import get_logger
+from services.transcription.models import SAMPLE_RATE, Waveform
+
+log = get_logger(__name__)
+
+# FFmpeg demuxer names for what OpenAI accepts (flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav,
+# webm). Video containers are fine as long as they carry an audio track.
+ACCEPTED_CONTAINERS = frozenset(
+    {
+        "wav",
+        "flac",
+        "mp3",
+        "ogg",
+        "mov,mp4,m4a,3gp,3g2,mj2",
+        "matroska,webm",
+        "mpeg",
+        "mpegts",
+        "aac",
+    }
+)
+# A decoded length this much shorter than the declared one means the upload was cut off.
+TRUNCATION_RATIO = 0.9
+TRUNCATION_MIN_MISSING_S = 0.5
+# Nested resources (playlists, concat lists) must never be opened from an upload.
+_CONTAINER_OPTIONS = {"protocol_whitelist": "none"}
+_WAV_HEADER_PROBE_BYTES = 4096
+
+
+class EmptyAudioError(InvalidRequestError):
+    default_code = "empty_file"
+
+
+class UndecodableAudioError(InvalidRequestError):
+    default_code = "invalid_audio"
+
+
+class TruncatedAudioError(InvalidRequestError):
+    default_code = "truncated_audio"
+
+
+class NoAudioStreamError(UnsupportedMediaTypeError):
+    default_code = "unsupported_media"
+
+
+class AudioTooLongError(PayloadTooLargeError):
+    default_code = "audio_too_long"
+
+
+class FileTooLargeError(PayloadTooLargeError):
+    default_code = "file_too_large"
+
+
+AudioSource = bytes | Path | BinaryIO
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the container says about itself; `declared_duration_s` is a claim, not a fact."""
+
+    container: str
+    codec: str
+    declared_duration_s: float | None
+
+
+def _as_file(source: AudioSource) -> BinaryIO:
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    if isinstance(source, Path):
+        return source.open("rb")
+    return source
+
+
+def _wav_declared_duration_s(head: bytes) -> float | None:
+    """Read the RIFF `data` chunk size: FFmpeg clamps a WAV's duration to the file size."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    byte_rate = None
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk_id, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        body = pos + 8
+        if chunk_id == b"fmt " and body + 12 <= len(head):
+            byte_rate = struct.unpack("<I", head[body + 8 : body + 12])[0]
+        elif chunk_id == b"data":
+            # 0 and 0xFFFFFFFF are used by streaming writers that did not know the size.
+            if not byte_rate or size in (0, 0xFFFFFFFF):
+                return None
+            return float(size / byte_rate)
+        pos = body + size + (size & 1)
+    return None
+
+
+class AudioDecoder:
+    """One opened upload: probe it, then stream its samples with a hard duration cap.
+
+    Use as a context manager; `info` is available right after opening, which is all a
+    cheap probe needs. `blocks()` yields float32 blocks of `block_s` seconds.
+    """
+
+    def __init__(self, source: AudioSource) -> None:
+        self._owns_file = isinstance(source, bytes | Path)
+        self._file = _as_file(source)
+        head = self._file.read(_WAV_HEADER_PROBE_BYTES)
+        self._file.seek(0)
+        if not head:
+            self._close_file()
+            raise EmptyAudioError("The audio file is empty.", param="file")
+        try:
+            self._container = av.open(self._file, mode="r", container_options=_CONTAINER_OPTIONS)
+        except Exception as exc:  # FFmpeg raises many types on hostile input; all mean "not audio"
+            self._close_file()
+            raise UndecodableAudioError(
+                "The file could not be decoded as audio; expected one of flac, mp3, mp4, "
+                "mpeg, mpga, m4a, ogg, wav or webm.",
+                param="file",
+            ) from exc
+        container = self._container.format.name
+        if container not in ACCEPTED_CONTAINERS or not self._container.streams.audio:
+            found = "no audio stream" if container in ACCEPTED_CONTAINERS else container
+            self.close()
+            raise NoAudioStreamError(
+                f"The file has no audio track we can read (found {found}); expected one of "
+                "flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav or webm with an audio stream.",
+                param="file",
+            )
+        self._stream = self._container.streams.audio[0]
+        declared = _wav_declared_duration_s(head) if container == "wav" else None
+        if declared is None and container != "wav" and self._container.duration:
+            declared = self._container.duration / av.time_base
+        self.info = AudioInfo(
+            container=container,
+            codec=self._stream.codec_context.name,
+            declared_duration_s=declared,
+        )
+
+    def __enter__(self) -> AudioDecoder:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._container.close()
+        self._close_file()
+
+    def _close_file(self) -> None:
+        if self._owns_file:
+            self._file.close()
+
+    def blocks(self, *, max_duration_s: float, block_s: float = 30.0) -> Iterator[Waveform]:
+        """Yield the decoded audio in blocks, refusing it once it passes `max_duration_s`.
+
+        Raises the 400/413 errors of the module docstring; after the last block it checks
+        the decoded length against the declared one.
+        """
+        max_samples = int(max_duration_s * SAMPLE_RATE)
+        block_samples = max(1, int(block_s * SAMPLE_RATE))
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        pending: list[Waveform] = []
+        pending_samples = 0
+        total = 0
+        try:
+            for frame in self._decoded_frames(resampler):
+                samples = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+                total += samples.shape[0]
+                if total > max_samples:
+                    raise AudioTooLongError(
+                        f"The audio is longer than the {max_duration_s:g} s this endpoint accepts.",
+                        param="file",
+                    )
+                pending.append(samples)
+                pending_samples += samples.shape[0]
+                while pending_samples >= block_samples:
+                    joined = np.concatenate(pending)
+                    yield joined[:block_samples]
+                    rest = joined[block_samples:]
+                    pending, pending_samples = ([rest], rest.shape[0]) if rest.size else ([], 0)
+        except (av.error.FFmpegError, ValueError, IndexError, EOFError) as exc:
+            declared = self.info.declared_duration_s
+            if total and declared and declared > total / SAMPLE_RATE:
+                raise TruncatedAudioError(
+                    f"The file is truncated: it declares {declared:.2f} s of audio but the "
+                    f"stream breaks off after {total / SAMPLE_RATE:.2f} s.",
+                    param="file",
+                ) from exc
+            raise UndecodableAudioError(
+                f"The audio stream is corrupt and could not be decoded ({type(exc).__name__}).",
+                param="file",
+            ) from exc
+        if pending_samples:
+            yield np.concatenate(pending)
+        self._check_complete(total)
+
+    def _decoded_frames(self, resampler: av.AudioResampler) -> Iterator[av.AudioFrame]:
+        for packet in self._container.demux(self._stream):
+            for frame in packet.decode():
+                yield from resampler.resample(frame)
+        yield from resampler.resample(None)
+
+    def _check_complete(self, total_samples: int) -> None:
+        decoded_s = total_samples / SAMPLE_RATE
+        if total_samples == 0:
+            raise UndecodableAudioError(
+                "The file decodes to no audio samples.", param="file", code="no_audio_samples"
+            )
+        declared = self.info.declared_duration_s
+        if (
+            declared is not None
+            and decoded_s < declared * TRUNCATION_RATIO
+            and declared - decoded_s > TRUNCATION_MIN_MISSING_S
+        ):
+            raise TruncatedAudioError(
+                f"The file is truncated: it declares {declared:.2f} s of audio but only "
+                f"{decoded_s:.2f} s could be decoded.",
+                param="file",
+            )
+
+
+def probe_audio(source: AudioSource) -> AudioInfo:
+    """Open the upload and read its header only: cheap, and refuses what decoding would."""
+    with AudioDecoder(source) as decoder:
+        return decoder.info
+
+
+def decode_audio(source: AudioSource, *, max_duration_s: float) -> Waveform:
+    """Decode a whole upload (at most `max_duration_s`) into one 16 kHz mono float32 array."""
+    with AudioDecoder(source) as decoder:
+        blocks = list(decoder.blocks(max_duration_s=max_duration_s))
+    return np.concatenate(blocks)

@@ -1,0 +1,88 @@
+"""The project's own transcription types: what goes into the engine and what comes out.
+
+Plain dataclasses: they cross process boundaries (Ray pickles them) and never expose a
+faster-whisper object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+SAMPLE_RATE = 16_000
+"""Every decoded waveform in the project is 16 kHz mono float32."""
+
+Waveform = npt.NDArray[np.float32]
+
+
+class Task(StrEnum):
+    TRANSCRIBE = "transcribe"
+    TRANSLATE = "translate"
+
+
+class ResponseFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+    SRT = "srt"
+    VERBOSE_JSON = "verbose_json"
+    VTT = "vtt"
+
+
+class TimestampGranularity(StrEnum):
+    WORD = "word"
+    SEGMENT = "segment"
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What the model decodes with. Requests that differ here never share a window."""
+
+    task: Task = Task.TRANSCRIBE
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    decode: DecodeOptions = DecodeOptions()
+    word_timestamps: bool = False
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class Segment:
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: list[Segment]
+
+    @property
+    def words(self) -> list[Word]:
+        return [word for segment in self.segments for word in segment.words]
