@@ -1,0 +1,95 @@
+"""Render a transcript in OpenAI's response formats: json, text, srt, verbose_json, vtt."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.transcription.languages import language_name
+from services.transcription.models import ResponseFormat, Segment, Task, Transcript
+
+TEXT_MEDIA_TYPES: dict[ResponseFormat, str] = {
+    ResponseFormat.TEXT: "text/plain; charset=utf-8",
+    ResponseFormat.SRT: "application/x-subrip; charset=utf-8",
+    ResponseFormat.VTT: "text/vtt; charset=utf-8",
+}
+
+
+def usage(transcript: Transcript) -> dict[str, Any]:
+    """OpenAI bills audio by duration; the same block tells clients what they sent."""
+    return {"type": "duration", "seconds": round(transcript.duration_s, 3)}
+
+
+def to_json(transcript: Transcript) -> dict[str, Any]:
+    return {"text": transcript.text, "usage": usage(transcript)}
+
+
+def to_verbose_json(
+    transcript: Transcript, *, task: Task, include_words: bool, include_segments: bool = True
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task": task.value,
+        "language": language_name(transcript.language),
+        "duration": round(transcript.duration_s, 3),
+        "text": transcript.text,
+    }
+    if include_segments:
+        body["segments"] = [_segment_json(s) for s in transcript.segments]
+    if include_words:
+        body["words"] = [
+            {"word": w.word.strip(), "start": w.start, "end": w.end} for w in transcript.words
+        ]
+    body["usage"] = usage(transcript)
+    return body
+
+
+def _segment_json(segment: Segment) -> dict[str, Any]:
+    return {
+        "id": segment.id,
+        "seek": segment.seek,
+        "start": segment.start,
+        "end": segment.end,
+        "text": segment.text,
+        "tokens": segment.tokens,
+        "temperature": segment.temperature,
+        "avg_logprob": segment.avg_logprob,
+        "compression_ratio": segment.compression_ratio,
+        "no_speech_prob": segment.no_speech_prob,
+    }
+
+
+def to_text(transcript: Transcript) -> str:
+    return transcript.text + "\n" if transcript.text else ""
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def _cues(transcript: Transcript) -> list[tuple[float, float, str]]:
+    cues = []
+    for segment in transcript.segments:
+        text = segment.text.strip()
+        if text:
+            # Subtitle parsers reject a cue that ends before it starts.
+            cues.append((segment.start, max(segment.end, segment.start + 0.001), text))
+    return cues
+
+
+def to_srt(transcript: Transcript) -> str:
+    blocks = [
+        f"{n}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n"
+        for n, (start, end, text) in enumerate(_cues(transcript), start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(transcript: Transcript) -> str:
+    blocks = [
+        f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n"
+        for start, end, text in _cues(transcript)
+    ]
+    return "WEBVTT\n\n" + "\n".join(blocks)
