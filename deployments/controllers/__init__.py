@@ -1,0 +1,1 @@
+"""One router per resource; controllers do HTTP only and call one service method."""

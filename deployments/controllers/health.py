@@ -1,0 +1,24 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from deployments.dependencies import ReadinessServiceDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the ingress answers. Cheap, touches nothing else."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(readiness: ReadinessServiceDep) -> JSONResponse:
+    """Readiness: 200 when every required dependency (the model) is up, else 503."""
+    result = await readiness.check()
+    body = {"status": "ready" if result.ready else "unavailable", **result.checks}
+    return JSONResponse(body, status_code=200 if result.ready else 503)

@@ -1,0 +1,165 @@
+"""`WhisperTranscriber`: the model replica, batching work across concurrent requests.
+
+A request is prepared on its own (VAD, window-sized work items, language detection) and
+its items join the replica's batch queue. `@serve.batch` gathers items from every request
+in flight, weighs them in 30 s windows, and hands them to the engine's batch function off
+the event loop. A caller that disconnects is cancelled: its items leave the queue.
+
+Batch size and wait come from `user_config` and are applied in `reconfigure()` without a
+restart. The ingress talks to this deployment through `ServeTranscriber`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter, Histogram
+
+from services.core.errors import OverloadedError, UnavailableError
+from services.core.logging import configure_logging, get_logger
+from services.core.settings import Settings
+from services.transcription.engine import ItemResult, WhisperEngine, assemble
+from services.transcription.models import Transcript, TranscriptionOptions, Waveform
+from services.transcription.packing import WorkItem, count_windows
+
+log = get_logger(__name__)
+
+
+class BatchingConfig(BaseModel):
+    """The deployment's `user_config`: tunables applied live by `reconfigure()`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=8, ge=1)
+    """Most 30 s windows decoded in one batch."""
+
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
+    """How long the first item of a batch waits for company."""
+
+    @classmethod
+    def from_user_config(
+        cls, user_config: dict[str, Any], max_ongoing_requests: int | None
+    ) -> BatchingConfig:
+        """Validate a `user_config`, refusing a batch size the deployment could never fill."""
+        config = cls.model_validate(user_config)
+        if max_ongoing_requests is not None and config.max_batch_size > max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size={config.max_batch_size} can never fill: the deployment's "
+                f"max_ongoing_requests is {max_ongoing_requests}; raise it first (waiting "
+                "batch items count towards it)."
+            )
+        return config
+
+
+@serve.deployment
+class WhisperTranscriber:
+    def __init__(self, settings: Settings) -> None:
+        configure_logging(settings.logging.level)
+        self._engine = WhisperEngine.from_settings(settings)
+        self._engine.warm_up()
+        self._ready = True
+        self._windows = Counter(
+            "rayscribe_windows_decoded", description="30 s windows run through the model."
+        )
+        self._fill = Histogram(
+            "rayscribe_window_fill_seconds",
+            description="Seconds of speech per 30 s window in each decoded batch.",
+            boundaries=[2, 5, 10, 15, 20, 25, 28, 30],
+        )
+        omp_threads = os.environ.get("OMP_NUM_THREADS")
+        if omp_threads != str(settings.whisper.cpu_threads):
+            log.warning(
+                "omp_threads_mismatch",
+                omp_num_threads=omp_threads,
+                cpu_threads=settings.whisper.cpu_threads,
+                hint="set OMP_NUM_THREADS in the deployment's runtime_env to cpu_threads",
+            )
+        log.info("transcriber_ready", model=self._engine.model_id, device=self._engine.device)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = BatchingConfig.from_user_config(user_config, _max_ongoing_requests())
+        batched: Any = self._run_batch  # @serve.batch adds the setters; its typing hides them
+        batched.set_max_batch_size(config.max_batch_size)
+        batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        log.info("batching_configured", **config.model_dump())
+
+    def check_health(self) -> None:
+        """Cheap by design: never transcribes and never waits behind a batch."""
+        if not self._ready:
+            raise RuntimeError("the model is not loaded")
+
+    async def ready(self) -> bool:
+        return self._ready
+
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, request_id: str | None = None
+    ) -> Transcript:
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            prepared = await asyncio.to_thread(self._engine.prepare, audio, options)
+            results = await asyncio.gather(*(self._run_batch(item) for item in prepared.items))
+            transcript = assemble(prepared, results)
+            log.info(
+                "transcribed",
+                audio_s=round(prepared.duration_s, 2),
+                items=len(prepared.items),
+                language=prepared.language,
+            )
+            return transcript
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, batch_size_fn=count_windows)
+    async def _run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
+        results = await asyncio.to_thread(self._engine.run, items)
+        stats = self._engine.last_run
+        self._windows.inc(stats.windows)
+        self._fill.observe(stats.fill_s)
+        log.debug("batch_decoded", items=len(items), windows=stats.windows, fill_s=stats.fill_s)
+        return results
+
+
+def _max_ongoing_requests() -> int | None:
+    try:
+        context = serve.get_replica_context()
+    except Exception:  # outside a replica (unit tests): nothing to check against
+        return None
+    config = getattr(context, "_deployment_config", None)
+    return getattr(config, "max_ongoing_requests", None)
+
+
+class ServeTranscriber:
+    """The services' `Transcriber` protocol over a handle to `WhisperTranscriber`.
+
+    Maps Serve's failures to service errors: a full queue is 503 with `Retry-After`, not
+    the 500 Serve would otherwise show; a replica that died mid-request is 503 too.
+    """
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def transcribe(self, audio: Waveform, options: TranscriptionOptions) -> Transcript:
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        try:
+            transcript: Transcript = await self._handle.transcribe.remote(
+                audio, options, request_id
+            )
+        except BackPressureError as exc:
+            raise OverloadedError(
+                "The transcription service is at capacity; retry shortly.", retry_after_s=2
+            ) from exc
+        except RayActorError as exc:
+            raise UnavailableError(
+                "The transcription replica stopped while handling the request; retry it.",
+                retry_after_s=2,
+            ) from exc
+        return transcript
+
+    async def ready(self) -> bool:
+        ready: bool = await self._handle.ready.remote()
+        return ready
