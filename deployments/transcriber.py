@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,11 +27,14 @@ from ray.serve.metrics import Counter, Histogram
 from services.core.errors import OverloadedError, UnavailableError
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
-from services.transcription.engine import ItemResult, WhisperEngine, assemble
+from services.transcription.coalescer import BatchCoalescer
+from services.transcription.engine import WhisperEngine, assemble
 from services.transcription.models import Transcript, TranscriptionOptions, Waveform
-from services.transcription.packing import WorkItem, count_windows
+from services.transcription.packing import ItemResult, WorkItem, count_windows
 
 log = get_logger(__name__)
+
+DEFAULT_MAX_BATCH_SIZE = 8
 
 
 class BatchingConfig(BaseModel):
@@ -38,7 +42,7 @@ class BatchingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int = Field(default=8, ge=1)
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
     """Most 30 s windows decoded in one batch."""
 
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
@@ -65,7 +69,9 @@ class WhisperTranscriber:
         configure_logging(settings.logging.level)
         self._engine = WhisperEngine.from_settings(settings)
         self._engine.warm_up()
+        self._coalescer = BatchCoalescer(self._run_engine, max_windows=DEFAULT_MAX_BATCH_SIZE)
         self._ready = True
+        self._stats = {"batches": 0, "items": 0, "windows": 0, "retried": 0, "fallbacks": 0}
         self._windows = Counter(
             "rayscribe_windows_decoded", description="30 s windows run through the model."
         )
@@ -89,6 +95,7 @@ class WhisperTranscriber:
         batched: Any = self._run_batch  # @serve.batch adds the setters; its typing hides them
         batched.set_max_batch_size(config.max_batch_size)
         batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._coalescer.max_windows = config.max_batch_size
         log.info("batching_configured", **config.model_dump())
 
     def check_health(self) -> None:
@@ -99,12 +106,35 @@ class WhisperTranscriber:
     async def ready(self) -> bool:
         return self._ready
 
+    async def stats(self) -> dict[str, Any]:
+        """Counters since start, plus the process's peak RSS: for benchmarks and ops."""
+        return {**self._stats, "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
+
     async def transcribe(
         self, audio: Waveform, options: TranscriptionOptions, request_id: str | None = None
     ) -> Transcript:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            prepared = await asyncio.to_thread(self._engine.prepare, audio, options)
-            results = await asyncio.gather(*(self._run_batch(item) for item in prepared.items))
+            # Announced while VAD runs, so a free model waits briefly for this request.
+            key = self._coalescer.announce()
+            try:
+                prepared = await asyncio.to_thread(self._engine.prepare, audio, options)
+            except BaseException:
+                self._coalescer.settle(key)
+                raise
+            for item in prepared.items:
+                item.request_key = key
+            if prepared.items:
+                prepared.items[-1].last_of_request = True
+            try:
+                results = await asyncio.gather(*(self._run_batch(i) for i in prepared.items))
+            except asyncio.CancelledError:
+                # The caller went away: whatever of its work has not run yet is dropped.
+                for item in prepared.items:
+                    item.abandoned = True
+                log.info("request_abandoned", items=len(prepared.items))
+                raise
+            finally:
+                self._coalescer.settle(key)
             transcript = assemble(prepared, results)
             log.info(
                 "transcribed",
@@ -114,14 +144,41 @@ class WhisperTranscriber:
             )
             return transcript
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, batch_size_fn=count_windows)
+    # Serve forms the next batch while the previous one runs; several may wait at once and
+    # the coalescer merges them when the model frees up (see services/transcription/coalescer).
+    @serve.batch(
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+        batch_wait_timeout_s=0.01,
+        max_concurrent_batches=16,
+        batch_size_fn=count_windows,
+    )
     async def _run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
-        results = await asyncio.to_thread(self._engine.run, items)
+        return await self._coalescer.submit(items)
+
+    def _run_engine(self, items: list[WorkItem]) -> list[ItemResult]:
+        """One engine call on a worker thread; the coalescer runs one at a time."""
+        results = self._engine.run(items)
         stats = self._engine.last_run
+        self._stats["batches"] += 1
+        self._stats["items"] += len(items)
+        self._stats["windows"] += stats.windows
+        self._stats["retried"] += stats.retried
+        self._stats["fallbacks"] += stats.fallbacks
         self._windows.inc(stats.windows)
         self._fill.observe(stats.fill_s)
         log.debug("batch_decoded", items=len(items), windows=stats.windows, fill_s=stats.fill_s)
         return results
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM of this process (Linux), in MB; 0 where /proc is not available."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _max_ongoing_requests() -> int | None:
