@@ -259,3 +259,18 @@ def decode_audio(source: AudioSource, *, max_duration_s: float) -> Waveform:
     with AudioDecoder(source) as decoder:
         blocks = list(decoder.blocks(max_duration_s=max_duration_s))
     return np.concatenate(blocks)
+
+
+def encode_flac(samples: Waveform) -> bytes:
+    """Write a 16 kHz mono waveform as FLAC (for test and benchmark inputs)."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16).reshape(1, -1)
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()

@@ -59,6 +59,12 @@ class WorkItem:
     pieces: list[Piece]
     decode: DecodeOptions
     word_timestamps: bool = False
+    abandoned: bool = False
+    """Set when the caller went away: the item is dropped if it has not run yet."""
+    request_key: int = 0
+    """Which request the item belongs to, for the batch scheduler; 0 when untracked."""
+    last_of_request: bool = False
+    """Set on the request's last item: once it is queued, the request has fully arrived."""
 
     @property
     def samples(self) -> int:
@@ -76,6 +82,11 @@ class WorkItem:
     def source_time(self, item_time_s: float, piece: Piece) -> float:
         """Map a time inside this item's speech to the request's own timeline via `piece`."""
         return (piece.source_start - piece.item_offset) / SAMPLE_RATE + item_time_s
+
+
+ItemResult = list[Segment] | Exception
+"""What the batch function returns per item: its segments in its request's timeline, or
+why it failed."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +198,34 @@ def window_fill(item_samples: Sequence[int], windows: Sequence[Window]) -> float
     return sum(item_samples) / SAMPLE_RATE / len(windows)
 
 
+def _coverage(
+    window: Window, items: Sequence[WorkItem], segment: Segment
+) -> list[tuple[Placement, float]]:
+    """(placement, end time) of what each part of `segment` covers: per word, or whole."""
+    if segment.words:
+        return [(_placement_of(window, items, (w.start + w.end) / 2), w.end) for w in segment.words]
+    return [(_placement_of(window, items, (segment.start + segment.end) / 2), segment.end)]
+
+
+def spans_callers(window: Window, items: Sequence[WorkItem], segments: Sequence[Segment]) -> bool:
+    """Whether a segment of a shared window reaches into the audio of two callers.
+
+    Only then are word timestamps needed to split it; otherwise each segment belongs
+    wholly to the caller its timestamps fall in.
+    """
+    if len(window.placements) < 2:
+        return False
+    regions = [
+        (p.window_offset / SAMPLE_RATE, (p.window_offset + items[p.item].samples) / SAMPLE_RATE)
+        for p in window.placements
+    ]
+    for segment in segments:
+        touched = sum(1 for start, end in regions if segment.start < end and segment.end > start)
+        if touched > 1:
+            return True
+    return False
+
+
 def cut_short(window: Window, items: Sequence[WorkItem], segments: Sequence[Segment]) -> list[int]:
     """Items of a shared window that the model stopped transcribing early.
 
@@ -198,9 +237,8 @@ def cut_short(window: Window, items: Sequence[WorkItem], segments: Sequence[Segm
         return []
     covered = {p.item: p.window_offset / SAMPLE_RATE for p in window.placements}
     for segment in segments:
-        for word in segment.words:
-            placement = _placement_of(window, items, (word.start + word.end) / 2)
-            covered[placement.item] = max(covered[placement.item], word.end)
+        for placement, end in _coverage(window, items, segment):
+            covered[placement.item] = max(covered[placement.item], end)
     short = []
     for placement in window.placements:
         end_s = (placement.window_offset + items[placement.item].samples) / SAMPLE_RATE
@@ -220,14 +258,13 @@ def split_window(
 
     `segments` carry window-local times. With word timestamps, each word goes to the item
     its midpoint falls in (or the nearest one, for a word in a gap); a segment spanning two
-    items becomes one segment per item. Without words the window must hold a single item.
+    items becomes one segment per item. A segment without words must lie within one item
+    (`spans_callers` decides when words are needed) and goes there whole.
     """
     out: dict[int, list[Segment]] = {p.item: [] for p in window.placements}
     for segment in segments:
         if not segment.words:
-            if len(window.placements) != 1:
-                raise ValueError("a shared window needs word timestamps to be split")
-            placement = window.placements[0]
+            placement = _placement_of(window, items, (segment.start + segment.end) / 2)
             if segment.text.strip():
                 out[placement.item].append(_move_segment(segment, placement, items[placement.item]))
             continue

@@ -63,9 +63,12 @@ def test_packing_across_requests_keeps_accuracy_and_times(tiny_engine: WhisperEn
             assert 0 <= word.start <= word.end <= clip.duration_s + 0.01
 
 
-def test_no_word_reaches_another_caller(tiny_engine: WhisperEngine) -> None:
+@pytest.mark.parametrize("options", [WORDS, TranscriptionOptions()], ids=["words", "text"])
+def test_no_word_reaches_another_caller(
+    tiny_engine: WhisperEngine, options: TranscriptionOptions
+) -> None:
     assert len(DISTINCT) >= 3
-    results = _batched(tiny_engine, [_audio(c) for c in DISTINCT], WORDS)
+    results = _batched(tiny_engine, [_audio(c) for c in DISTINCT], options)
     assert tiny_engine.last_run.windows == 1  # all callers in one window
     for index, (clip, transcript) in enumerate(zip(DISTINCT, results, strict=True)):
         others = set().union(*(words_of(c.text) for j, c in enumerate(DISTINCT) if j != index))

@@ -13,6 +13,7 @@ from services.transcription.packing import (
     cut_short,
     group_by_decode,
     plan_windows,
+    spans_callers,
     split_into_items,
     split_window,
 )
@@ -32,9 +33,12 @@ def _item(
     )
 
 
-def _seg(start: float, end: float, words: list[tuple[str, float, float]]) -> Segment:
+def _seg(
+    start: float, end: float, words: list[tuple[str, float, float]], text: str = ""
+) -> Segment:
     return Segment(
-        id=0, seek=0, start=start, end=end, text="".join(w for w, _, _ in words), tokens=[1],
+        id=0, seek=0, start=start, end=end, tokens=[1],
+        text=text or "".join(w for w, _, _ in words),
         temperature=0.0, avg_logprob=-0.1, compression_ratio=1.0, no_speech_prob=0.0,
         words=[Word(start=s, end=e, word=w, probability=0.9) for w, s, e in words],
     )  # fmt: skip
@@ -134,12 +138,20 @@ def test_times_map_back_through_vad_cuts() -> None:
     assert moved.end == pytest.approx(11.0)
 
 
-def test_a_shared_window_without_words_cannot_be_split() -> None:
+def test_words_are_needed_only_when_a_segment_reaches_two_callers() -> None:
     a, b = _item(4), _item(4)
     (window,) = plan_windows([a.samples, b.samples], pack=True)
-    segment = _seg(0.0, 5.0, [])
-    with pytest.raises(ValueError, match="word timestamps"):
-        split_window(window, [a, b], [segment], tokenize=lambda t: [])
+    offset_b = max(p.window_offset for p in window.placements) / SR
+    inside = [_seg(0.1, 3.9, [], " one"), _seg(offset_b + 0.2, offset_b + 3.5, [], " two")]
+    across = [_seg(3.0, offset_b + 1.0, [], " one two")]
+    assert not spans_callers(window, [a, b], inside)
+    assert spans_callers(window, [a, b], across)
+    # Without words, each whole segment goes to the caller its midpoint lies in.
+    out = split_window(window, [a, b], inside, tokenize=lambda t: [])
+    first = next(p.item for p in window.placements if p.window_offset == 0)
+    assert len(out[first]) == 1
+    assert len(out[1 - first]) == 1
+    assert out[1 - first][0].start == pytest.approx(0.2)
 
 
 def test_an_item_the_model_stopped_early_on_is_flagged_for_a_retry() -> None:
