@@ -219,9 +219,12 @@ class WhisperEngine:
             retry: list[Window] = []
             for window, segments in zip(windows, per_window, strict=True):
                 split = split_window(window, group, segments, tokenize=self._tokenize)
+                redo = set(cut_short(window, group, segments))
                 for item_index, item_segments in split.items():
                     out[item_index] = item_segments
-                for item_index in cut_short(window, group, segments):
+                    if len(window.placements) > 1 and _repetitive(item_segments):
+                        redo.add(item_index)  # a loop: decoded alone, it may fall back
+                for item_index in sorted(redo):
                     alone = Window()
                     alone.add(item_index, group[item_index].samples)
                     retry.append(alone)
@@ -249,12 +252,19 @@ class WhisperEngine:
     ) -> list[list[Segment]]:
         """Decode windows, falling back to hotter temperatures for repetition loops.
 
-        A window whose text compresses more than Whisper's threshold is stuck in a loop;
-        like sequential Whisper, it is decoded again at the next temperature until it is
-        not (the least repetitive attempt is kept if none passes).
+        A one-caller window whose text compresses more than Whisper's threshold is stuck
+        in a loop; like sequential Whisper, it is decoded again at the next temperature
+        until it is not (the least repetitive attempt is kept if none passes). A shared
+        window is never judged as a whole: callers saying the same thing would look like
+        a loop. Its callers are judged one by one after the split, and a looping one is
+        decoded again alone.
         """
         results = self._decode_once(group, windows, decode)
-        looping = [k for k, segments in enumerate(results) if _repetitive(segments)]
+        looping = [
+            k
+            for k, segments in enumerate(results)
+            if len(windows[k].placements) == 1 and _repetitive(segments)
+        ]
         for temperature in FALLBACK_TEMPERATURES:
             if not looping or temperature <= decode.temperature:
                 continue

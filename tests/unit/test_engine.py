@@ -144,3 +144,16 @@ def test_long_audio_becomes_several_window_items(tiny_engine: WhisperEngine, sec
     assert all(item.samples <= 30 * SAMPLE_RATE for item in prepared.items)
     transcript = assemble(prepared, tiny_engine.run(prepared.items))
     assert transcript.segments[-1].end > seconds - 15
+
+
+def test_callers_saying_the_same_thing_are_not_taken_for_a_loop(
+    tiny_engine: WhisperEngine,
+) -> None:
+    # Four callers with the same sentence share a window: the window's text compresses
+    # like a repetition loop, but no caller's own text does.
+    clip = DISTINCT[0]
+    results = _batched(tiny_engine, [_audio(clip)] * 4, WORDS)
+    assert tiny_engine.last_run.windows == 1
+    assert tiny_engine.last_run.fallbacks == 0
+    for transcript in results:
+        assert word_error_rate(clip.text, transcript.text) < 0.3
