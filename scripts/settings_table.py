@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -39,5 +41,18 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
+
+
+def write_readme(readme: Path) -> None:
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{settings_table()}\n{END}{tail}")
+
+
 if __name__ == "__main__":
-    print(settings_table())
+    if sys.argv[1:] == ["--write"]:
+        write_readme(Path(__file__).resolve().parents[1] / "README.md")
+    else:
+        print(settings_table())

@@ -71,3 +71,15 @@ class UnavailableError(ServiceError):
 
     def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ConflictError(ServiceError):
+    status_code = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class GoneError(ServiceError):
+    status_code = 410
+    error_type = "invalid_request_error"
+    default_code = "gone"

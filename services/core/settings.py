@@ -68,6 +68,85 @@ class WhisperSettings(BaseModel):
     """Where a model shipped in parts is joined once; defaults to `<data_dir>/models`."""
 
 
+class DatabaseSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    url: str | None = None
+    """SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db; unset means SQLite at <data_dir>/rayscribe.db."""
+
+    pool_size: int = Field(default=5, ge=1)
+    """Connections per process in the pool (PostgreSQL)."""
+
+    connect_timeout_s: float = Field(default=3.0, gt=0)
+    """How long to wait for a connection before the request fails with 503."""
+
+
+class RedisSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    url: str | None = None
+    """redis://host:port/db; unset runs without Redis (in-process cache, events by polling)."""
+
+    timeout_s: float = Field(default=0.5, gt=0)
+    """Socket timeout of every Redis call; a slow Redis is treated as a down one."""
+
+    breaker_failures: int = Field(default=3, ge=1)
+    """Consecutive failures that open the circuit breaker (Redis is then skipped)."""
+
+    breaker_reset_s: float = Field(default=10.0, gt=0)
+    """How long the breaker stays open before Redis is tried again."""
+
+
+class CacheSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = True
+    """Reuse the transcript of identical audio with identical options (benchmarks turn it off)."""
+
+    result_ttl_s: int = Field(default=24 * 3600, ge=1)
+    """How long a cached transcript is reused."""
+
+    status_ttl_s: int = Field(default=60, ge=1)
+    """How long a job's status stays in the read-through cache."""
+
+
+class JobsSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    max_upload_bytes: int = Field(default=1024 * MIB, gt=0)
+    """Largest upload /v1/jobs accepts, in bytes (streamed to storage, never held in memory)."""
+
+    max_duration_s: float = Field(default=4 * 3600.0, gt=0)
+    """Longest audio a job transcribes, in seconds of decoded audio."""
+
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    """How long stored audio and results are kept after a job is created."""
+
+    max_attempts: int = Field(default=3, ge=1)
+    """Tries per job before a transient failure becomes final."""
+
+    retry_backoff_s: float = Field(default=2.0, ge=0)
+    """Delay before the first retry; it doubles with every further attempt."""
+
+    lease_s: float = Field(default=60.0, gt=0)
+    """How long a running job's lease lasts without a heartbeat before it is requeued."""
+
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    """How often the job tracker looks for work when nobody nudges it."""
+
+    max_concurrent: int = Field(default=2, ge=1)
+    """Jobs the tracker runs at once (each sends one chunk at a time, below sync traffic)."""
+
+    chunk_s: float = Field(default=300.0, ge=30)
+    """Seconds of audio the tracker sends to the model per step; progress counts these."""
+
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    """How long an Idempotency-Key keeps returning the same job."""
+
+    tracker_num_cpus: float = Field(default=0.25, ge=0)
+    """Logical CPUs reserved for the job tracker actor."""
+
+
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
@@ -96,6 +175,18 @@ class Settings(BaseSettings):
     whisper: WhisperSettings = WhisperSettings()
     """The speech model and how it runs."""
 
+    database: DatabaseSettings = DatabaseSettings()
+    """Where jobs live (the source of truth)."""
+
+    redis: RedisSettings = RedisSettings()
+    """Optional cache, status and events; everything works without it."""
+
+    cache: CacheSettings = CacheSettings()
+    """Result and status caching."""
+
+    jobs: JobsSettings = JobsSettings()
+    """Asynchronous jobs and the job tracker."""
+
     logging: LoggingSettings = LoggingSettings()
     """Structured logging."""
 
@@ -114,10 +205,26 @@ class Settings(BaseSettings):
         cache_dir = self.whisper.cache_dir
         if cache_dir is not None and not cache_dir.is_absolute():
             problems.append(f"whisper.cache_dir must be an absolute path, got {str(cache_dir)!r}")
+        if self.database.url is None:
+            problems.append("database.url must be set (PostgreSQL) outside dev")
         if problems:
             raise ValueError(f"unsafe settings for env={self.env.value}: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _anchor_data_dir(self) -> Settings:
+        # Ray workers do not share the launching shell's working directory.
+        self.data_dir = self.data_dir.expanduser().resolve()
         return self
 
     @property
     def model_cache_dir(self) -> Path:
         return self.whisper.cache_dir or self.data_dir / "models"
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'rayscribe.db'}"
+
+    @property
+    def audio_dir(self) -> Path:
+        return self.data_dir / "audio"

@@ -46,8 +46,24 @@ def test_outside_dev_relative_paths_are_refused() -> None:
 
 
 def test_outside_dev_safe_values_pass() -> None:
-    settings = Settings(_env_file=None, env="prod", data_dir=Path("/srv/rayscribe"))
+    settings = Settings(
+        _env_file=None,
+        env="prod",
+        data_dir=Path("/srv/rayscribe"),
+        database={"url": "postgresql+asyncpg://rayscribe@db/rayscribe"},
+    )
     assert settings.model_cache_dir == Path("/srv/rayscribe/models")
+
+
+def test_outside_dev_sqlite_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"database\.url must be set"):
+        Settings(_env_file=None, env="prod", data_dir=Path("/srv/rayscribe"))
+
+
+def test_dev_defaults_to_sqlite_under_an_absolute_data_dir() -> None:
+    settings = Settings(_env_file=None, data_dir=Path("relative"))
+    assert settings.data_dir.is_absolute()
+    assert settings.database_url == f"sqlite+aiosqlite:///{settings.data_dir / 'rayscribe.db'}"
 
 
 def test_dev_allows_a_public_bind_for_local_experiments() -> None:

@@ -1,0 +1,190 @@
+"""Cache and events: Redis when configured, in-process otherwise; Redis is never required.
+
+The `Cache` protocol covers what the services need: key/value with a TTL, publish and
+subscribe. `RedisCache` wraps every call in a circuit breaker, so a dead Redis costs one
+short timeout a few times and then nothing at all until it is tried again; callers see a
+miss (get), a no-op (set, publish) or `False` (ping), never an error. `MemoryCache` serves
+the embedded default: one process's dictionary and queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from services.core.logging import get_logger
+from services.core.settings import RedisSettings
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class Cache(Protocol):
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str, ttl_s: int) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def publish(self, channel: str, message: str) -> None: ...
+
+    def subscribe(self, channel: str) -> AsyncIterator[str | None]: ...
+
+    async def ping(self) -> bool: ...
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes see what this one writes (events cross processes)."""
+        ...
+
+
+class CircuitBreaker:
+    """Opens after `failures` consecutive errors; lets one call through after `reset_s`."""
+
+    def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic):
+        self._threshold = failures
+        self._reset_s = reset_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        if self._opened_at is None:
+            return False
+        return self._clock() - self._opened_at < self._reset_s
+
+    async def call(self, operation: Callable[[], Awaitable[T]], fallback: T) -> T:
+        if self.is_open:
+            return fallback
+        try:
+            result = await operation()
+        except Exception as exc:
+            self._failures += 1
+            if self._failures >= self._threshold:
+                if self._opened_at is None or not self.is_open:
+                    log.warning("redis_breaker_open", error=repr(exc), failures=self._failures)
+                self._opened_at = self._clock()
+            return fallback
+        if self._failures:
+            log.info("redis_breaker_closed")
+        self._failures = 0
+        self._opened_at = None
+        return result
+
+
+class RedisCache:
+    def __init__(self, url: str, *, timeout_s: float, breaker: CircuitBreaker) -> None:
+        import redis.asyncio as redis
+
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        # Subscriptions block on reads by design; they poll with their own timeout instead.
+        self._subscriber = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout_s, decode_responses=True
+        )
+        self._breaker = breaker
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def get(self, key: str) -> str | None:
+        async def read() -> str | None:
+            value = await self._client.get(key)
+            return None if value is None else str(value)
+
+        return await self._breaker.call(read, None)
+
+    async def set(self, key: str, value: str, ttl_s: int) -> None:
+        await self._breaker.call(lambda: self._client.set(key, value, ex=ttl_s), None)
+
+    async def delete(self, key: str) -> None:
+        await self._breaker.call(lambda: self._client.delete(key), None)
+
+    async def publish(self, channel: str, message: str) -> None:
+        await self._breaker.call(lambda: self._client.publish(channel, message), None)
+
+    async def ping(self) -> bool:
+        async def check() -> bool:
+            return bool(await self._client.ping())
+
+        return await self._breaker.call(check, False)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[str | None]:
+        """Messages on `channel`; `None` every second of silence (and while Redis is down)."""
+        pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                yield None if message is None else str(message["data"])
+        except Exception as exc:  # Redis went away mid-stream: the caller falls back to polling
+            log.warning("redis_subscription_lost", channel=channel, error=repr(exc))
+            while True:
+                await asyncio.sleep(1.0)
+                yield None
+        finally:
+            with contextlib.suppress(Exception):  # closing a dead connection may fail too
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._subscriber.aclose()
+
+
+class MemoryCache:
+    """One process's cache: enough for a single ingress; events do not cross processes."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._values: dict[str, tuple[str, float]] = {}
+        self._channels: dict[str, set[asyncio.Queue[str]]] = {}
+
+    @property
+    def shared(self) -> bool:
+        return False
+
+    async def get(self, key: str) -> str | None:
+        hit = self._values.get(key)
+        if hit is None or hit[1] < self._clock():
+            self._values.pop(key, None)
+            return None
+        return hit[0]
+
+    async def set(self, key: str, value: str, ttl_s: int) -> None:
+        self._values[key] = (value, self._clock() + ttl_s)
+
+    async def delete(self, key: str) -> None:
+        self._values.pop(key, None)
+
+    async def publish(self, channel: str, message: str) -> None:
+        for queue in self._channels.get(channel, ()):
+            queue.put_nowait(message)
+
+    async def subscribe(self, channel: str) -> AsyncIterator[str | None]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._channels.setdefault(channel, set()).add(queue)
+        try:
+            while True:
+                try:
+                    yield await asyncio.wait_for(queue.get(), 1.0)
+                except TimeoutError:
+                    yield None
+        finally:
+            self._channels[channel].discard(queue)
+
+    async def ping(self) -> bool:
+        return True
+
+
+def create_cache(settings: RedisSettings) -> Cache:
+    """Redis behind a circuit breaker when a URL is configured, else this process's memory."""
+    if settings.url is None:
+        return MemoryCache()
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
+    return RedisCache(settings.url, timeout_s=settings.timeout_s, breaker=breaker)
