@@ -102,8 +102,22 @@ def _as_file(source: AudioSource) -> BinaryIO:
     return source
 
 
-def _wav_declared_duration_s(head: bytes) -> float | None:
-    """Read the RIFF `data` chunk size: FFmpeg clamps a WAV's duration to the file size."""
+@dataclass(frozen=True)
+class _WavData:
+    offset: int
+    size: int
+    byte_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.size / self.byte_rate
+
+
+def _wav_data(head: bytes) -> _WavData | None:
+    """Where the RIFF `data` chunk starts and how long it claims to be.
+
+    FFmpeg clamps a WAV's duration to the file size, so truncation only shows here.
+    """
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     byte_rate = None
@@ -117,7 +131,7 @@ def _wav_declared_duration_s(head: bytes) -> float | None:
             # 0 and 0xFFFFFFFF are used by streaming writers that did not know the size.
             if not byte_rate or size in (0, 0xFFFFFFFF):
                 return None
-            return float(size / byte_rate)
+            return _WavData(offset=body, size=size, byte_rate=byte_rate)
         pos = body + size + (size & 1)
     return None
 
@@ -156,9 +170,15 @@ class AudioDecoder:
                 param="file",
             )
         self._stream = self._container.streams.audio[0]
-        declared = _wav_declared_duration_s(head) if container == "wav" else None
+        wav = _wav_data(head) if container == "wav" else None
+        declared = wav.duration_s if wav else None
         if declared is None and container != "wav" and self._container.duration:
             declared = self._container.duration / av.time_base
+        self._wav_bytes_missing = 0
+        if wav is not None:
+            file_size = self._file.seek(0, io.SEEK_END)
+            self._file.seek(0)
+            self._wav_bytes_missing = max(0, wav.offset + wav.size - file_size)
         self.info = AudioInfo(
             container=container,
             codec=self._stream.codec_context.name,
@@ -178,6 +198,33 @@ class AudioDecoder:
     def _close_file(self) -> None:
         if self._owns_file:
             self._file.close()
+
+    def check_first_samples(self, max_packets: int = 64) -> None:
+        """Raise the 400 that full decoding would, when the start already shows it."""
+        if self._wav_bytes_missing:
+            declared = self.info.declared_duration_s or 0.0
+            raise TruncatedAudioError(
+                f"The file is truncated: its header declares {declared:.2f} s of audio but "
+                f"{self._wav_bytes_missing} bytes of it are missing.",
+                param="file",
+            )
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        try:
+            for count, packet in enumerate(self._container.demux(self._stream)):
+                if any(frame.samples for frame in packet.decode()):
+                    return
+                if count >= max_packets:
+                    return  # a slow start is not a reason to refuse
+            if any(frame.samples for frame in resampler.resample(None)):
+                return
+        except (av.error.FFmpegError, ValueError, IndexError, EOFError) as exc:
+            raise UndecodableAudioError(
+                f"The audio stream is corrupt and could not be decoded ({type(exc).__name__}).",
+                param="file",
+            ) from exc
+        raise UndecodableAudioError(
+            "The file decodes to no audio samples.", param="file", code="no_audio_samples"
+        )
 
     def blocks(self, *, max_duration_s: float, block_s: float = 30.0) -> Iterator[Waveform]:
         """Yield the decoded audio in blocks, refusing it once it passes `max_duration_s`.
@@ -249,8 +296,13 @@ class AudioDecoder:
 
 
 def probe_audio(source: AudioSource) -> AudioInfo:
-    """Open the upload and read its header only: cheap, and refuses what decoding would."""
+    """Refuse cheaply what decoding would refuse: open the upload, check what its header
+    claims against its size, and decode up to its first samples (a few packets at most).
+
+    Leaves a file-like source open; the caller rewinds it.
+    """
     with AudioDecoder(source) as decoder:
+        decoder.check_first_samples()
         return decoder.info
 
 

@@ -17,7 +17,9 @@ class LocalTranscriber:
         self._engine = engine
         self._lock = asyncio.Lock()
 
-    async def transcribe(self, audio: Waveform, options: TranscriptionOptions) -> Transcript:
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
+    ) -> Transcript:
         async with self._lock:
             return await asyncio.to_thread(self._engine.transcribe, audio, options)
 

@@ -65,6 +65,8 @@ class WorkItem:
     """Which request the item belongs to, for the batch scheduler; 0 when untracked."""
     last_of_request: bool = False
     """Set on the request's last item: once it is queued, the request has fully arrived."""
+    background: bool = False
+    """Work of an asynchronous job: it runs after interactive work that is waiting."""
 
     @property
     def samples(self) -> int:

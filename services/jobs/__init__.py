@@ -1,0 +1,1 @@
+"""Durable asynchronous jobs: submission, the state machine, and the tracker's runner."""

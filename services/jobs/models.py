@@ -1,0 +1,148 @@
+"""Jobs: the tables (PostgreSQL is the source of truth) and the views the API returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.core.db import Base
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_claim", "status", "model", "next_attempt_at", "created_at"),
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_expires", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(255))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    audio_key: Mapped[str | None] = mapped_column(String(255))
+    audio_sha256: Mapped[str] = mapped_column(String(64))
+    audio_bytes: Mapped[int] = mapped_column(Integer)
+    audio_duration_s: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    progress_done: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    lease_epoch: Mapped[int | None] = mapped_column(Integer)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    result_deleted: Mapped[bool] = mapped_column(default=False)
+
+
+class JobResult(Base):
+    """One row per job, ever: written in the same transaction that marks it succeeded."""
+
+    __tablename__ = "job_results"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    transcript: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class JobChunk(Base):
+    """A finished chunk of a long job, so a retry resumes instead of starting over."""
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transcript: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class IdempotencyKey(Base):
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class TrackerEpoch(Base):
+    """The fencing number of each tracker: bumped at every (re)start."""
+
+    __tablename__ = "tracker_epochs"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+
+
+class Progress(BaseModel):
+    done: int
+    total: int | None
+
+
+class JobView(BaseModel):
+    """What `GET /v1/jobs/{id}` returns."""
+
+    id: str
+    object: str = "transcription.job"
+    status: JobStatus
+    task: str
+    model: str
+    owner: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    audio_duration_s: float | None
+    progress: Progress
+    error: str | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        return cls(
+            id=job.id,
+            status=JobStatus(job.status),
+            task=job.task,
+            model=job.model,
+            owner=job.owner,
+            attempts=job.attempts,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            audio_duration_s=job.audio_duration_s,
+            progress=Progress(done=job.progress_done, total=job.progress_total),
+            error=job.error,
+        )
+
+
+class JobPage(BaseModel):
+    object: str = "list"
+    data: list[JobView]
+    next_cursor: str | None

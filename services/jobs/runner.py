@@ -1,0 +1,273 @@
+"""What the job tracker does: claim jobs, run them chunk by chunk, record the outcome.
+
+PostgreSQL is the source of truth; the runner only coordinates. At start it takes a new
+epoch (fencing number) and takes over the leases of its previous incarnation at once.
+Every state change is compare-and-set on (status, epoch), so a runner that lost its lease
+(it was presumed dead, the job was cancelled) can no longer change the job: its late
+result is discarded. Transcribing twice after a crash is possible; two results are not.
+
+Chunks of long audio are stored as they finish, so a retry resumes where the last attempt
+stopped, and `progress` counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.core.clock import utcnow
+from services.core.db import transaction
+from services.core.errors import ServiceError
+from services.core.logging import get_logger
+from services.core.settings import JobsSettings
+from services.core.storage import AudioStorage
+from services.jobs.models import Job, JobView
+from services.jobs.repository import JobRepository
+from services.jobs.service import JobsService
+from services.transcription.audio import AudioDecoder
+from services.transcription.models import (
+    SAMPLE_RATE,
+    DecodeOptions,
+    Task,
+    Transcript,
+    TranscriptionOptions,
+    concat_transcripts,
+    transcript_from_dict,
+    transcript_to_dict,
+)
+from services.transcription.result_cache import ResultCache
+from services.transcription.service import Transcriber
+
+log = get_logger(__name__)
+
+PURGE_INTERVAL_S = 60.0
+
+
+class LeaseLostError(Exception):
+    """The job is no longer this runner's (cancelled, or requeued after a lost lease)."""
+
+
+class AudioMissingError(ServiceError):
+    status_code = 410
+    error_type = "invalid_request_error"
+    default_code = "audio_deleted"
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """A client-side problem (bad audio): retrying cannot help."""
+    return isinstance(exc, ServiceError) and 400 <= exc.status_code < 500
+
+
+def job_transcription_options(job: Job) -> TranscriptionOptions:
+    """Jobs always keep word timestamps: any format can be asked for later."""
+    decode = DecodeOptions(
+        task=Task(job.task),
+        language=job.options.get("language"),
+        prompt=job.options.get("prompt"),
+        temperature=float(job.options.get("temperature", 0.0)),
+    )
+    return TranscriptionOptions(decode=decode, word_timestamps=True)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        name: str,
+        sessions: async_sessionmaker[AsyncSession],
+        storage: AudioStorage,
+        jobs: JobsService,
+        results: ResultCache,
+        transcriber: Transcriber,
+        settings: JobsSettings,
+        model_id: str,
+    ) -> None:
+        self.name = name
+        self._sessions = sessions
+        self._storage = storage
+        self._jobs = jobs
+        self._results = results
+        self._transcriber = transcriber
+        self._settings = settings
+        self._model_id = model_id
+        self.epoch = 0
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._last_purge = float("-inf")
+
+    async def start(self) -> None:
+        """Take a new epoch and take over every lease of earlier incarnations at once."""
+        async with transaction(self._sessions) as session:
+            repo = JobRepository(session)
+            self.epoch = await repo.bump_epoch(self.name)
+            requeued = await repo.requeue_lost(model=self._model_id, epoch=self.epoch, now=utcnow())
+        log.info("tracker_started", tracker=self.name, epoch=self.epoch, requeued=requeued)
+
+    async def run_forever(self, wake: asyncio.Event) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception as exc:  # the database may be down: keep polling
+                    log.warning("tracker_tick_failed", error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self._settings.poll_interval_s)
+                wake.clear()
+        finally:
+            heartbeat.cancel()
+            for task in self.running.values():
+                task.cancel()
+
+    async def tick(self) -> None:
+        """Requeue lost jobs, purge expired data, claim what there is room for."""
+        now = utcnow()
+        slots = self._settings.max_concurrent - len(self.running)
+        async with transaction(self._sessions) as session:
+            repo = JobRepository(session)
+            await repo.requeue_lost(model=self._model_id, epoch=self.epoch, now=now)
+            claimed = await repo.claim(
+                model=self._model_id,
+                epoch=self.epoch,
+                limit=max(slots, 0),
+                now=now,
+                lease_s=self._settings.lease_s,
+            ) if slots > 0 else []  # fmt: skip
+        for job in claimed:
+            await self._jobs.changed(JobView.of(job))
+            if job.id not in self.running:
+                self.running[job.id] = asyncio.create_task(self._run(job))
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now - self._last_purge > PURGE_INTERVAL_S:
+            self._last_purge = loop_now
+            await self._jobs.purge_expired()
+
+    async def drain(self) -> None:
+        """Wait for the jobs in flight (tests and graceful stops)."""
+        while self.running:
+            await asyncio.gather(*self.running.values(), return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.lease_s / 3)
+            if not self.running:
+                continue
+            until = utcnow() + timedelta(seconds=self._settings.lease_s)
+            try:
+                async with transaction(self._sessions) as session:
+                    await JobRepository(session).renew(
+                        epoch=self.epoch, job_ids=list(self.running), until=until
+                    )
+            except Exception as exc:
+                log.warning("heartbeat_failed", error=repr(exc))
+
+    async def _run(self, job: Job) -> None:
+        with structlog.contextvars.bound_contextvars(job_id=job.id, attempt=job.attempts):
+            try:
+                transcript = await self._transcribe(job)
+                await self._finish(job, transcript)
+            except LeaseLostError:
+                log.info("job_left", reason="cancelled or lease lost")
+            except Exception as exc:
+                await self._failed(job, exc)
+            finally:
+                self.running.pop(job.id, None)
+
+    async def _transcribe(self, job: Job) -> Transcript:
+        options = job_transcription_options(job)
+        cached = await self._results.get(job.audio_sha256, options)
+        if cached is not None:
+            return cached
+        if job.audio_key is None:
+            raise AudioMissingError("The job's audio was deleted before it could run.")
+        async with transaction(self._sessions) as session:
+            done = await JobRepository(session).chunks(job.id)
+        file = await asyncio.to_thread(self._storage.open, job.audio_key)
+        try:
+            decoder = await asyncio.to_thread(AudioDecoder, file)
+            declared = decoder.info.declared_duration_s
+            estimate = math.ceil(declared / self._settings.chunk_s) if declared else None
+            blocks = decoder.blocks(
+                max_duration_s=self._settings.max_duration_s, block_s=self._settings.chunk_s
+            )
+            parts: list[tuple[float, Transcript]] = []
+            decoded_s = 0.0
+            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
+                index = len(parts)
+                if index in done:
+                    part = transcript_from_dict(done[index])
+                else:
+                    part = await self._transcriber.transcribe(block, options, background=True)
+                parts.append((decoded_s, part))
+                decoded_s += block.shape[0] / SAMPLE_RATE
+                total = max(estimate, len(parts)) if estimate else None
+                await self._record_chunk(job, index, part, index in done, total, decoded_s)
+        finally:
+            file.close()
+        transcript = concat_transcripts(parts, decoded_s)
+        await self._results.put(job.audio_sha256, options, transcript)
+        return transcript
+
+    async def _record_chunk(
+        self, job: Job, index: int, part: Transcript, known: bool, total: int | None, seconds: float
+    ) -> None:
+        async with transaction(self._sessions) as session:
+            repo = JobRepository(session)
+            if not await repo.progress(
+                job_id=job.id, epoch=self.epoch, done=index + 1, total=total, duration_s=seconds
+            ):
+                raise LeaseLostError
+            if not known:
+                await repo.save_chunk(job.id, index, transcript_to_dict(part))
+        await self._publish(job.id)
+
+    async def _finish(self, job: Job, transcript: Transcript) -> None:
+        async with transaction(self._sessions) as session:
+            stored = await JobRepository(session).succeed(
+                job_id=job.id,
+                epoch=self.epoch,
+                transcript=transcript_to_dict(transcript),
+                duration_s=transcript.duration_s,
+                now=utcnow(),
+            )
+        if not stored:
+            raise LeaseLostError
+        log.info("job_succeeded", audio_s=round(transcript.duration_s, 1))
+        await self._publish(job.id)
+
+    async def _failed(self, job: Job, exc: Exception) -> None:
+        now = utcnow()
+        permanent = is_permanent(exc)
+        message = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+        try:
+            async with transaction(self._sessions) as session:
+                repo = JobRepository(session)
+                if permanent or job.attempts >= job.max_attempts:
+                    if not permanent:
+                        message = f"gave up after {job.attempts} attempts: {message}"
+                    await repo.fail(job_id=job.id, epoch=self.epoch, error=message, now=now)
+                    log.warning("job_failed", error=message, permanent=permanent)
+                else:
+                    delay = self._settings.retry_backoff_s * 2 ** (job.attempts - 1)
+                    await repo.retry_later(
+                        job_id=job.id,
+                        epoch=self.epoch,
+                        error=message,
+                        at=now + timedelta(seconds=delay),
+                        now=now,
+                    )
+                    log.warning("job_retry_scheduled", error=message, delay_s=delay)
+        except Exception as db_exc:  # the lease will expire and the job be requeued
+            log.warning("job_outcome_not_recorded", error=repr(db_exc))
+            return
+        await self._publish(job.id)
+
+    async def _publish(self, job_id: str) -> None:
+        try:
+            await self._jobs.changed(await self._jobs.get_fresh(job_id))
+        except Exception as exc:
+            log.warning("job_event_not_published", error=repr(exc))

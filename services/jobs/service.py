@@ -1,0 +1,349 @@
+"""The asynchronous jobs use case: submit, read, cancel, list, follow.
+
+A submission is acknowledged (202) only once its audio and its row are durable: the audio
+is streamed to storage and hashed, the row (and its idempotency key) committed in one
+transaction. Redis, when configured, caches status reads and carries events; it is told
+about changes after the commit and is never needed for correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any, BinaryIO
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.core.cache import Cache
+from services.core.clock import utcnow
+from services.core.db import transaction
+from services.core.errors import ConflictError, GoneError, InvalidRequestError, NotFoundError
+from services.core.logging import get_logger
+from services.core.settings import JobsSettings
+from services.core.storage import AudioStorage, StoredAudio
+from services.jobs.models import ACTIVE, FINISHED, Job, JobPage, JobStatus, JobView
+from services.jobs.repository import JobRepository, decode_cursor
+from services.transcription.audio import FileTooLargeError, probe_audio
+from services.transcription.models import (
+    ResponseFormat,
+    Task,
+    TimestampGranularity,
+    TranscriptionOptions,
+    transcript_from_dict,
+)
+from services.transcription.service import RenderedTranscript, TranscriptionRequest, render
+
+log = get_logger(__name__)
+
+ANONYMOUS_SCOPE = "anonymous"
+MAX_PAGE = 100
+EVENT_POLL_S = 1.0
+STATUS_KEY = "rayscribe:job:{}"
+EVENTS_CHANNEL = "rayscribe:job-events:{}"
+
+
+def job_options(request: TranscriptionRequest) -> dict[str, Any]:
+    """What a job stores about how to decode and render it (also the idempotency fields)."""
+    decode = request.options.decode
+    return {
+        "language": decode.language,
+        "prompt": decode.prompt,
+        "temperature": decode.temperature,
+        "response_format": request.response_format.value,
+        "timestamp_granularities": sorted(g.value for g in request.granularities),
+    }
+
+
+class JobsService:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        storage: AudioStorage,
+        cache: Cache,
+        settings: JobsSettings,
+        status_ttl_s: int,
+        model_id: str,
+        nudge: Callable[[], None],
+    ) -> None:
+        self._sessions = sessions
+        self._storage = storage
+        self._cache = cache
+        self._settings = settings
+        self._status_ttl_s = status_ttl_s
+        self.model_id = model_id
+        self._nudge = nudge
+
+    # -- submit -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        upload: BinaryIO,
+        size: int | None,
+        request: TranscriptionRequest,
+        *,
+        owner: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[JobView, bool]:
+        """Store the audio and the job durably; returns the job and whether it is new."""
+        if size is not None and size > self._settings.max_upload_bytes:
+            raise FileTooLargeError(
+                f"The file has {size} bytes; jobs accept at most "
+                f"{self._settings.max_upload_bytes}.",
+                param="file",
+            )
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+            raise InvalidRequestError(
+                "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
+            )
+        info = await asyncio.to_thread(probe_audio, upload)  # refuses what decoding would
+        upload.seek(0)
+        stored = await self._storage.save(upload)
+        try:
+            view, created = await self._create(
+                stored, info.declared_duration_s, request, owner, idempotency_key
+            )
+        except BaseException:
+            await self._storage.delete(stored.key)
+            raise
+        if created:
+            await self.changed(view)
+            log.info("job_submitted", job_id=view.id, bytes=stored.size)
+        else:
+            await self._storage.delete(stored.key)  # a retry of a job we already hold
+        return view, created
+
+    async def _create(
+        self,
+        stored: StoredAudio,
+        declared_s: float | None,
+        request: TranscriptionRequest,
+        owner: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[JobView, bool]:
+        now = utcnow()
+        options = job_options(request)
+        fields = json.dumps({"task": request.task.value, **options}, sort_keys=True)
+        request_hash = hashlib.sha256(f"{stored.sha256}|{fields}".encode()).hexdigest()
+        job = Job(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            status=JobStatus.QUEUED,
+            task=request.task.value,
+            model=self.model_id,
+            options=options,
+            audio_key=stored.key,
+            audio_sha256=stored.sha256,
+            audio_bytes=stored.size,
+            audio_duration_s=declared_s,
+            attempts=0,
+            max_attempts=self._settings.max_attempts,
+            progress_done=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=self._settings.retention_s),
+            result_deleted=False,
+        )
+        async with transaction(self._sessions) as session:
+            repo = JobRepository(session)
+            if idempotency_key is not None:
+                held = await repo.claim_key(
+                    scope=owner or ANONYMOUS_SCOPE,
+                    key=idempotency_key,
+                    job_id=job.id,
+                    request_hash=request_hash,
+                    now=now,
+                    ttl_s=self._settings.idempotency_ttl_s,
+                )
+                if held is not None:
+                    if held.request_hash != request_hash:
+                        raise ConflictError(
+                            "This Idempotency-Key was already used with different audio or "
+                            "fields; use a new key for a new job.",
+                            param="Idempotency-Key",
+                            code="idempotency_key_reused",
+                        )
+                    existing = await repo.get(held.job_id)
+                    if existing is not None:
+                        return JobView.of(existing), False
+            await repo.add(job)
+            return JobView.of(job), True
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def get(self, job_id: str, owner: str | None) -> JobView:
+        """Read through the shared status cache. A process-local cache would go stale (the
+        tracker writes from another process), so without Redis every read is a query."""
+        _check_id(job_id)
+        shared = self._cache.shared
+        cached = await self._cache.get(STATUS_KEY.format(job_id)) if shared else None
+        view = JobView.model_validate_json(cached) if cached else await self._read(job_id)
+        if shared and not cached:
+            await self._cache.set(
+                STATUS_KEY.format(job_id), view.model_dump_json(), self._status_ttl_s
+            )
+        if owner is not None and view.owner != owner:
+            raise _not_found(job_id)
+        return view
+
+    async def get_fresh(self, job_id: str) -> JobView:
+        """The job as the database has it now, bypassing the status cache."""
+        return await self._read(job_id)
+
+    async def _read(self, job_id: str) -> JobView:
+        async with transaction(self._sessions) as session:
+            job = await JobRepository(session).get(job_id)
+            if job is None:
+                raise _not_found(job_id)
+            return JobView.of(job)
+
+    async def result(
+        self,
+        job_id: str,
+        owner: str | None,
+        response_format: ResponseFormat | None,
+        granularities: list[TimestampGranularity],
+    ) -> RenderedTranscript:
+        _check_id(job_id)
+        async with transaction(self._sessions) as session:
+            repo = JobRepository(session)
+            job = await repo.get(job_id)
+            if job is None or (owner is not None and job.owner != owner):
+                raise _not_found(job_id)
+            if job.status != JobStatus.SUCCEEDED:
+                raise ConflictError(
+                    f"Job {job_id} is {job.status}; its result exists once it has succeeded.",
+                    code="job_not_succeeded",
+                )
+            if job.result_deleted:
+                raise GoneError(f"The result of job {job_id} was deleted.", code="result_deleted")
+            stored = await repo.result(job_id)
+        if stored is None:
+            raise GoneError(f"The result of job {job_id} was deleted.", code="result_deleted")
+        options = job.options
+        fmt = response_format or ResponseFormat(options["response_format"])
+        wanted = frozenset(granularities) or frozenset(
+            TimestampGranularity(g) for g in options["timestamp_granularities"]
+        )
+        request = _render_request(job.task, fmt, wanted)
+        return render(transcript_from_dict(stored), request)
+
+    async def page(
+        self, owner: str | None, status: JobStatus | None, limit: int, cursor: str | None
+    ) -> JobPage:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequestError(f"limit must be 1 to {MAX_PAGE}, got {limit}.", param="limit")
+        if cursor is not None:
+            try:
+                decode_cursor(cursor)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidRequestError(
+                    "cursor is not one this API returned.", param="cursor"
+                ) from exc
+        async with transaction(self._sessions) as session:
+            jobs, next_cursor = await JobRepository(session).page(
+                owner=owner, status=status, limit=limit, cursor=cursor
+            )
+            return JobPage(data=[JobView.of(job) for job in jobs], next_cursor=next_cursor)
+
+    # -- cancel and retention -------------------------------------------------------------
+
+    async def cancel_or_delete(self, job_id: str, owner: str | None) -> JobView:
+        """Cancel an active job; on a finished one delete its audio and result. Idempotent."""
+        view = await self.get(job_id, owner)
+        audio_key = None
+        async with transaction(self._sessions) as session:
+            repo = JobRepository(session)
+            if view.status in ACTIVE and await repo.cancel(job_id, utcnow()):
+                log.info("job_cancelled", job_id=job_id)
+            else:
+                audio_key = await repo.forget_data(job_id, utcnow())
+            job = await repo.get(job_id)
+            assert job is not None
+            view = JobView.of(job)
+        if audio_key:
+            await self._storage.delete(audio_key)
+        await self.changed(view)
+        return view
+
+    async def purge_expired(self) -> int:
+        """Delete audio and results of finished jobs past their retention."""
+        async with transaction(self._sessions) as session:
+            job_ids = await JobRepository(session).expired(utcnow())
+        for job_id in job_ids:
+            async with transaction(self._sessions) as session:
+                key = await JobRepository(session).forget_data(job_id, utcnow())
+            if key:
+                await self._storage.delete(key)
+        return len(job_ids)
+
+    # -- events -------------------------------------------------------------------------
+
+    async def changed(self, view: JobView) -> None:
+        """After a committed change: refresh the status cache, publish the event."""
+        if self._cache.shared:
+            payload = view.model_dump_json()
+            await self._cache.set(STATUS_KEY.format(view.id), payload, self._status_ttl_s)
+            await self._cache.publish(EVENTS_CHANNEL.format(view.id), payload)
+        if view.status is JobStatus.QUEUED:
+            self._nudge()
+
+    async def events(self, job_id: str, owner: str | None) -> AsyncIterator[JobView]:
+        """Status changes of one job until it finishes: pub/sub when shared, else polling.
+
+        The database is re-read whenever the subscription is quiet, so a change published
+        between the first read and the subscription is never missed.
+        """
+        view = await self.get(job_id, owner)
+        yield view
+        if view.status in FINISHED:
+            return
+        subscription = (
+            self._cache.subscribe(EVENTS_CHANNEL.format(job_id)) if self._cache.shared else None
+        )
+        last = view
+        try:
+            while last.status not in FINISHED:
+                if subscription is not None:
+                    message = await anext(subscription)
+                    current = (
+                        JobView.model_validate_json(message)
+                        if message
+                        else await self._read(job_id)
+                    )
+                else:
+                    await asyncio.sleep(EVENT_POLL_S)
+                    current = await self._read(job_id)
+                if current != last:
+                    last = current
+                    yield current
+        finally:
+            if subscription is not None:
+                await subscription.aclose()  # type: ignore[attr-defined]
+
+
+def _render_request(
+    task: str, fmt: ResponseFormat, granularities: frozenset[TimestampGranularity]
+) -> TranscriptionRequest:
+    return TranscriptionRequest(
+        task=Task(task),
+        options=TranscriptionOptions(word_timestamps=TimestampGranularity.WORD in granularities),
+        response_format=fmt,
+        granularities=granularities,
+    )
+
+
+def _check_id(job_id: str) -> None:
+    try:
+        uuid.UUID(job_id)
+    except ValueError as exc:
+        raise _not_found(job_id) from exc
+
+
+def _not_found(job_id: str) -> NotFoundError:
+    return NotFoundError(f"No job {job_id!r}.", param="job_id", code="job_not_found")
