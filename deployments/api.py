@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from deployments.controllers import health, models, transcriptions
+from deployments.controllers import health, jobs, models, transcriptions
 from deployments.dependencies import Container
 from deployments.errors import install_error_handlers
 from deployments.middleware import (
@@ -23,7 +23,7 @@ def create_app(container: Container) -> FastAPI:
         version="0.1.0",
     )
     app.state.container = container
-    for router in (transcriptions.router, models.router, health.router):
+    for router in (transcriptions.router, jobs.router, models.router, health.router):
         app.include_router(router)
     install_error_handlers(app)
     upload_limit = container.settings.server.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
@@ -32,6 +32,7 @@ def create_app(container: Container) -> FastAPI:
         limits={
             "/v1/audio/transcriptions": upload_limit,
             "/v1/audio/translations": upload_limit,
+            "/v1/jobs": container.settings.jobs.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         },
         default_limit_bytes=DEFAULT_BODY_LIMIT_BYTES,
     )

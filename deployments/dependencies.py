@@ -8,12 +8,16 @@ part by building the container with a different one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.core.health import ReadinessService
+from services.core.db import ping
+from services.core.health import Check, ReadinessService
 from services.core.settings import Settings
+from services.jobs.service import JobsService
+from services.jobs.wiring import JobRuntime
 from services.transcription.service import Transcriber, TranscriptionService
 
 
@@ -21,19 +25,30 @@ from services.transcription.service import Transcriber, TranscriptionService
 class Container:
     settings: Settings
     transcription: TranscriptionService
+    jobs: JobsService
     readiness: ReadinessService
 
 
-def build_container(settings: Settings, transcriber: Transcriber, model_id: str) -> Container:
+def build_container(
+    settings: Settings, transcriber: Transcriber, model_id: str, runtime: JobRuntime
+) -> Container:
+    optional: dict[str, Check] = {}
+    if settings.redis.url is not None:
+        optional["redis"] = runtime.cache.ping
     return Container(
         settings=settings,
         transcription=TranscriptionService(
             transcriber,
+            runtime.results,
             model_id=model_id,
             max_upload_bytes=settings.server.max_upload_bytes,
             sync_max_duration_s=settings.server.sync_max_duration_s,
         ),
-        readiness=ReadinessService(required={"model": transcriber.ready}),
+        jobs=runtime.jobs,
+        readiness=ReadinessService(
+            required={"model": transcriber.ready, "database": partial(ping, runtime.sessions)},
+            optional=optional,
+        ),
     )
 
 
@@ -46,9 +61,14 @@ def _transcription(container: Annotated[Container, Depends(get_container)]) -> T
     return container.transcription
 
 
+def _jobs(container: Annotated[Container, Depends(get_container)]) -> JobsService:
+    return container.jobs
+
+
 def _readiness(container: Annotated[Container, Depends(get_container)]) -> ReadinessService:
     return container.readiness
 
 
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(_transcription)]
+JobsServiceDep = Annotated[JobsService, Depends(_jobs)]
 ReadinessServiceDep = Annotated[ReadinessService, Depends(_readiness)]

@@ -111,7 +111,11 @@ class WhisperTranscriber:
         return {**self._stats, "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
 
     async def transcribe(
-        self, audio: Waveform, options: TranscriptionOptions, request_id: str | None = None
+        self,
+        audio: Waveform,
+        options: TranscriptionOptions,
+        request_id: str | None = None,
+        background: bool = False,
     ) -> Transcript:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             # Announced while VAD runs, so a free model waits briefly for this request.
@@ -123,6 +127,7 @@ class WhisperTranscriber:
                 raise
             for item in prepared.items:
                 item.request_key = key
+                item.background = background
             if prepared.items:
                 prepared.items[-1].last_of_request = True
             try:
@@ -200,11 +205,13 @@ class ServeTranscriber:
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self._handle = handle
 
-    async def transcribe(self, audio: Waveform, options: TranscriptionOptions) -> Transcript:
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
+    ) -> Transcript:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         try:
             transcript: Transcript = await self._handle.transcribe.remote(
-                audio, options, request_id
+                audio, options, request_id, background
             )
         except BackPressureError as exc:
             raise OverloadedError(

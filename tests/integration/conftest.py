@@ -1,39 +1,81 @@
 """One real Serve instance per test session, deployed from serve_config.yaml on a local Ray.
 
 It is deployed the way `serve run serve_config.yaml` deploys it, with changes for tests
-only: a free HTTP port, a temporary data dir, and a second copy of the application at
-`/base` running the multilingual `base` model (`RAYSCRIBE_WHISPER__MODEL=base`), with token
-CPU shares so both fit the 2-CPU budget.
+only: a free HTTP port; the main app on PostgreSQL and Redis (the machine's shared servers,
+a database and a Redis db of its own) with the result cache off; and a second copy of the
+application at `/base` running the multilingual `base` model on the embedded defaults
+(SQLite, no Redis), with token CPU shares so both fit the 2-CPU budget.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from deployments import local
+from services.migrations import upgrade
+from tests.servers import create_database, drop_database
 
 BASE_APP_NAME = "rayscribe-base"
 BASE_PREFIX = "/base"
 
 
-def _add_base_app(config: dict[str, Any]) -> None:
+def _add_base_app(config: dict[str, Any], data_dir: str) -> None:
+    """The same application on the base model, on the embedded defaults (SQLite, no Redis)."""
     base = copy.deepcopy(config["applications"][0])
     base.update(name=BASE_APP_NAME, route_prefix=BASE_PREFIX)
-    base["args"]["settings"]["whisper"] = {"model": "base"}
+    base["args"]["settings"] = {
+        "data_dir": data_dir,
+        "whisper": {"model": "base"},
+        "jobs": {"tracker_num_cpus": 0},
+    }
     for deployment in base["deployments"]:
-        deployment["ray_actor_options"]["num_cpus"] = 0.01
+        deployment["ray_actor_options"]["num_cpus"] = 0
     config["applications"].append(base)
 
 
+SERVE_REDIS = "redis://127.0.0.1:6379/6"
+
+
 @pytest.fixture(scope="session")
-def serve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = {"data_dir": str(tmp_path_factory.mktemp("serve-data"))}
-    config = local.load_config(port=local.free_port(), settings=settings, edit=_add_base_app)
+def serve_database() -> Iterator[str]:
+    """The main app's jobs live in a fresh PostgreSQL database, migrated before deploying."""
+    name, url = asyncio.run(create_database())
+    upgrade(url)
+    yield url
+    asyncio.run(drop_database(name))
+
+
+@pytest.fixture(scope="session")
+def serve_url(tmp_path_factory: pytest.TempPathFactory, serve_database: str) -> Iterator[str]:
+    client = redis.Redis.from_url(SERVE_REDIS, socket_timeout=2)
+    client.flushdb()  # database 6 belongs to this tier
+    client.close()
+    base_dir = tmp_path_factory.mktemp("serve-base")
+    upgrade(f"sqlite+aiosqlite:///{base_dir / 'rayscribe.db'}")
+    settings = {
+        "data_dir": str(tmp_path_factory.mktemp("serve-data")),
+        "database": {"url": serve_database},
+        "redis": {"url": SERVE_REDIS},
+        "cache": {"enabled": False},
+        "jobs": {
+            "poll_interval_s": 0.5,
+            "retry_backoff_s": 0.2,
+            "max_concurrent": 4,
+            "lease_s": 10,
+        },
+    }
+
+    def edit(config: dict[str, Any]) -> None:
+        _add_base_app(config, str(base_dir))
+
+    config = local.load_config(port=local.free_port(), settings=settings, edit=edit)
     try:
         yield local.deploy(config, num_cpus=2)
     finally:

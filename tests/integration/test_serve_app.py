@@ -153,5 +153,7 @@ def test_request_id_is_serves_and_sent_once(http: httpx.Client) -> None:
 
 def test_probes_and_models(http: httpx.Client) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
-    assert http.get("/readyz").json() == {"status": "ready", "model": "ok"}
+    ready = http.get("/readyz").json()
+    assert ready["status"] == "ready"
+    assert ready["model"] == ready["database"] == "ok"
     assert http.get("/v1/models").json()["data"][0]["id"] == "tiny.en"

@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from deployments.api import create_app
 from deployments.dependencies import build_container
 from services.core.settings import Settings
+from services.jobs.wiring import build_job_runtime
+from services.migrations import upgrade as migrate
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
 from tests.conftest import DISTINCT, ENGLISH, HOSTILE, SILENCE, TWO_HOURS, word_error_rate
@@ -21,7 +23,9 @@ SMALL_LIMIT = 200_000
 
 
 def _client(settings: Settings, engine: WhisperEngine) -> TestClient:
-    container = build_container(settings, LocalTranscriber(engine), "tiny.en")
+    migrate(settings.database_url)
+    runtime = build_job_runtime(settings, nudge=lambda: None)
+    container = build_container(settings, LocalTranscriber(engine), "tiny.en", runtime)
     return TestClient(create_app(container))
 
 
@@ -230,7 +234,7 @@ def test_health_probes(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "model": "ok"}
+    assert ready.json() == {"status": "ready", "model": "ok", "database": "ok"}
 
 
 def test_unknown_route_and_method_use_the_openai_body(client: TestClient) -> None:
