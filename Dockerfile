@@ -34,4 +34,5 @@ USER rayscribe
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"
-CMD ["serve", "run", "serve_config.yaml"]
+# Migrations first (they take an advisory lock on PostgreSQL, so replicas never race).
+CMD ["sh", "-c", "python -m services.migrations upgrade head && exec serve run serve_config.yaml"]

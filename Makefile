@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run test install install-dev lint format typecheck unit integration fixtures bench clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-## Serve the app on the embedded defaults (tiny.en, CPU) at http://127.0.0.1:8000
-run: install
+## Serve the app on the embedded defaults (tiny.en, CPU, SQLite) at http://127.0.0.1:8000
+run: install migrate
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/serve run serve_config.yaml
+
+## Apply the database migrations (once, before Serve starts; safe to repeat)
+migrate: install
+	$(PY) -m services.migrations upgrade head
 
 ## Lint, type-check and run the whole test suite (unit + integration)
 test: install-dev lint typecheck
@@ -42,6 +46,9 @@ typecheck: install-dev
 
 unit: install-dev
 	$(PY) -m pytest tests/unit
+
+jobs: install-dev
+	$(PY) -m pytest tests/jobs
 
 integration: install-dev
 	$(PY) -m pytest tests/integration
