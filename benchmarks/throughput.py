@@ -213,7 +213,8 @@ def main() -> None:
     print(f"{len(clips)} clips, {clip_audio_s:.1f} s of speech; long file {long_s:.0f} s")
 
     inproc = InProcess(settings)
-    overrides = {"data_dir": str(settings.data_dir)}
+    # The result cache would answer repeated clips without the model: off, as the issue asks.
+    overrides = {"data_dir": str(settings.data_dir), "cache": {"enabled": False}}
     config = local.load_config(port=local.free_port(), settings=overrides)
     url = local.deploy(config)
     from ray import serve
