@@ -105,19 +105,14 @@ class JobRepository:
 
     async def cancel(self, job_id: str, now: datetime) -> bool:
         """queued|running -> cancelled. A late result can no longer be written."""
-        changed = await self.session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(ACTIVE))
-            .values(
-                status=JobStatus.CANCELLED,
-                finished_at=now,
-                updated_at=now,
-                lease_epoch=None,
-                lease_expires_at=None,
-            )
-            .returning(Job.id)
+        return await self._compare_and_set(
+            and_(Job.id == job_id, Job.status.in_(ACTIVE)),
+            status=JobStatus.CANCELLED,
+            finished_at=now,
+            updated_at=now,
+            lease_epoch=None,
+            lease_expires_at=None,
         )
-        return changed.first() is not None
 
     async def forget_data(self, job_id: str, now: datetime) -> str | None:
         """Delete a finished job's result and chunks; returns its audio key to delete."""
@@ -232,11 +227,6 @@ class JobRepository:
     def _held(self, job_id: str, epoch: int) -> Any:
         return and_(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_epoch == epoch)
 
-    async def still_held(self, job_id: str, epoch: int) -> bool:
-        return (
-            await self.session.scalar(select(Job.id).where(self._held(job_id, epoch)))
-        ) is not None
-
     async def save_chunk(self, job_id: str, index: int, transcript: dict[str, Any]) -> None:
         await self.session.execute(
             self._insert(JobChunk)
@@ -244,16 +234,32 @@ class JobRepository:
             .on_conflict_do_nothing()
         )
 
+    async def _compare_and_set(self, condition: Any, **values: Any) -> bool:
+        """One UPDATE guarded by `condition`; True if it changed the row."""
+        changed = await self.session.execute(
+            update(Job).where(condition).values(**values).returning(Job.id)
+        )
+        return changed.first() is not None
+
+    async def _leave(self, job_id: str, epoch: int, now: datetime, **values: Any) -> bool:
+        """running (under `epoch`) -> another state, giving the lease back."""
+        return await self._compare_and_set(
+            self._held(job_id, epoch),
+            updated_at=now,
+            lease_epoch=None,
+            lease_expires_at=None,
+            **values,
+        )
+
     async def progress(
         self, *, job_id: str, epoch: int, done: int, total: int | None, duration_s: float | None
     ) -> bool:
-        changed = await self.session.execute(
-            update(Job)
-            .where(self._held(job_id, epoch))
-            .values(progress_done=done, progress_total=total, audio_duration_s=duration_s)
-            .returning(Job.id)
+        return await self._compare_and_set(
+            self._held(job_id, epoch),
+            progress_done=done,
+            progress_total=total,
+            audio_duration_s=duration_s,
         )
-        return changed.first() is not None
 
     async def succeed(
         self,
@@ -265,21 +271,15 @@ class JobRepository:
         now: datetime,
     ) -> bool:
         """running -> succeeded and the one result row, together; False if no longer ours."""
-        changed = await self.session.execute(
-            update(Job)
-            .where(self._held(job_id, epoch))
-            .values(
-                status=JobStatus.SUCCEEDED,
-                error=None,
-                audio_duration_s=duration_s,
-                finished_at=now,
-                updated_at=now,
-                lease_epoch=None,
-                lease_expires_at=None,
-            )
-            .returning(Job.id)
-        )
-        if changed.first() is None:
+        if not await self._leave(
+            job_id,
+            epoch,
+            now,
+            status=JobStatus.SUCCEEDED,
+            error=None,
+            audio_duration_s=duration_s,
+            finished_at=now,
+        ):
             return False
         await self.session.execute(
             self._insert(JobResult)
@@ -289,38 +289,16 @@ class JobRepository:
         return True
 
     async def fail(self, *, job_id: str, epoch: int, error: str, now: datetime) -> bool:
-        changed = await self.session.execute(
-            update(Job)
-            .where(self._held(job_id, epoch))
-            .values(
-                status=JobStatus.FAILED,
-                error=error,
-                finished_at=now,
-                updated_at=now,
-                lease_epoch=None,
-                lease_expires_at=None,
-            )
-            .returning(Job.id)
+        return await self._leave(
+            job_id, epoch, now, status=JobStatus.FAILED, error=error, finished_at=now
         )
-        return changed.first() is not None
 
     async def retry_later(
         self, *, job_id: str, epoch: int, error: str, at: datetime, now: datetime
     ) -> bool:
-        changed = await self.session.execute(
-            update(Job)
-            .where(self._held(job_id, epoch))
-            .values(
-                status=JobStatus.QUEUED,
-                error=error,
-                next_attempt_at=at,
-                updated_at=now,
-                lease_epoch=None,
-                lease_expires_at=None,
-            )
-            .returning(Job.id)
+        return await self._leave(
+            job_id, epoch, now, status=JobStatus.QUEUED, error=error, next_attempt_at=at
         )
-        return changed.first() is not None
 
 
 def encode_cursor(job: Job) -> str:

@@ -135,3 +135,18 @@ async def test_an_announced_request_still_in_vad_is_waited_for() -> None:
 
     await asyncio.gather(coalescer.submit([_keyed(coalescer, 3)]), arrives_late())
     assert [len(call) for call in model.calls] == [2]
+
+
+async def test_interactive_work_runs_before_queued_background_jobs() -> None:
+    model = _SlowModel()
+    coalescer = BatchCoalescer(model, max_windows=1)
+    blocker = asyncio.create_task(coalescer.submit([_item(1)]))
+    await asyncio.sleep(0.05)
+    job_chunk = _item(20)
+    job_chunk.background = True
+    request = _item(20)
+    job_task = asyncio.create_task(coalescer.submit([job_chunk]))  # queued first...
+    await asyncio.sleep(0)
+    request_task = asyncio.create_task(coalescer.submit([request]))
+    await asyncio.gather(blocker, job_task, request_task)
+    assert model.calls[1:] == [[request], [job_chunk]]  # ...but the caller goes first
