@@ -27,8 +27,9 @@ from ray.serve.metrics import Counter, Histogram
 from services.core.errors import OverloadedError, UnavailableError
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
+from services.transcription.assembly import assemble
 from services.transcription.coalescer import BatchCoalescer
-from services.transcription.engine import WhisperEngine, assemble
+from services.transcription.engine import WhisperEngine
 from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 from services.transcription.packing import ItemResult, WorkItem, count_windows
 

@@ -8,7 +8,7 @@ can batch the middle one across requests:
 2. `run`: the batch function. Items in, results out (same length, same order). Items that
    decode alike are packed into shared windows, encoded and decoded in padded batches by
    CTranslate2, and split back so each item gets exactly its own words.
-3. `assemble`: one request's item results become its `Transcript`.
+3. `assemble` (in `assembly.py`): one request's item results become its `Transcript`.
 
 `transcribe` chains the three for one request: the in-process reference the service is
 compared with.
@@ -33,6 +33,7 @@ from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from services.core.logging import get_logger
 from services.core.settings import Settings
+from services.transcription.assembly import PreparedAudio, assemble
 from services.transcription.model_files import resolve_model_dir, served_model_id
 from services.transcription.models import (
     SAMPLE_RATE,
@@ -69,17 +70,6 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 _APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-
-
-@dataclass
-class PreparedAudio:
-    """One request after VAD and language detection, ready for the batch queue."""
-
-    items: list[WorkItem]
-    language: str
-    language_probability: float
-    duration_s: float
-    options: TranscriptionOptions
 
 
 @dataclass
@@ -378,42 +368,6 @@ class WhisperEngine:
         (result,) = self.run([item])
         if isinstance(result, Exception):
             raise RuntimeError("the warm-up transcription failed") from result
-
-
-def assemble(prepared: PreparedAudio, results: Sequence[ItemResult]) -> Transcript:
-    """Join one request's item results into its transcript; the first failure is raised."""
-    segments: list[Segment] = []
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-        segments.extend(result)
-    duration = prepared.duration_s
-    keep_words = prepared.options.word_timestamps
-
-    def clamp(t: float) -> float:
-        return round(min(max(t, 0.0), duration), 3)
-
-    final: list[Segment] = []
-    for index, segment in enumerate(sorted(segments, key=lambda s: s.start)):
-        words = [replace(w, start=clamp(w.start), end=clamp(w.end)) for w in segment.words]
-        start, end = clamp(segment.start), clamp(segment.end)
-        final.append(
-            replace(
-                segment,
-                id=index,
-                seek=int(start * 100),
-                start=start,
-                end=max(start, end),
-                words=words if keep_words else [],
-            )
-        )
-    return Transcript(
-        text="".join(s.text for s in final).strip(),
-        language=prepared.language,
-        language_probability=prepared.language_probability,
-        duration_s=duration,
-        segments=final,
-    )
 
 
 def _text_ratio(segments: Sequence[Segment]) -> float:
