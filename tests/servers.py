@@ -22,7 +22,8 @@ import asyncpg
 import redis
 
 SHARED_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-SHARED_REDIS = "redis://127.0.0.1:6379/5"
+# Parallel test runs on one machine may pick other Redis databases.
+SHARED_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('RAYSCRIBE_TEST_REDIS_DB', '5')}"
 
 
 def free_port() -> int:

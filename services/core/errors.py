@@ -83,3 +83,30 @@ class GoneError(ServiceError):
     status_code = 410
     error_type = "invalid_request_error"
     default_code = "gone"
+
+
+class RequestTimeoutError(ServiceError):
+    """The client sent its request body too slowly."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class TooManyRequestsError(ServiceError):
+    """A per-job, per-client or global cap was reached; retry after `retry_after_s`."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limited"
+
+    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+class InsufficientStorageError(ServiceError):
+    """Not enough free disk to store the upload (and keep the configured reserve)."""
+
+    status_code = 507
+    error_type = "server_error"
+    default_code = "insufficient_storage"

@@ -36,6 +36,30 @@ class ServerSettings(BaseModel):
     sync_max_duration_s: float = Field(default=600.0, gt=0)
     """Longest audio the synchronous endpoints transcribe, in seconds of decoded audio."""
 
+    min_upload_rate_bytes_s: int = Field(default=16 * 1024, ge=0)
+    """A request body arriving slower than this (averaged over `slow_body_window_s`) is cut off with 408; 0 disables."""
+
+    slow_body_window_s: float = Field(default=30.0, gt=0)
+    """The window over which the upload rate floor is judged."""
+
+    sse_keepalive_s: float = Field(default=15.0, gt=0)
+    """Seconds between keep-alive comments on an idle event stream."""
+
+    sse_max_lifetime_s: float = Field(default=3600.0, gt=0)
+    """An event stream ends after this long; the client reconnects with Last-Event-ID."""
+
+    sse_max_streams: int = Field(default=256, ge=1)
+    """Open event streams per ingress replica; past it, 429 with Retry-After."""
+
+    sse_max_streams_per_job: int = Field(default=8, ge=1)
+    """Open event streams on one job; past it, 429 with Retry-After."""
+
+    sse_max_streams_per_client: int | None = Field(default=None, ge=1)
+    """Open event streams per client address; applies only when `trusted_client_header` is set."""
+
+    trusted_client_header: str | None = None
+    """Header a trusted proxy puts the client address in (e.g. X-Forwarded-For); unset means no per-address caps."""
+
 
 class WhisperSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
@@ -60,6 +84,9 @@ class WhisperSettings(BaseModel):
 
     decode_batch_size: int = Field(default=8, ge=1)
     """How many 30 s windows go through the model in one CTranslate2 call."""
+
+    hung_call_s: float = Field(default=300.0, gt=0)
+    """An engine call running longer than this makes the replica's health check fail (a hung model), so Serve replaces it."""
 
     pack_across_requests: bool = True
     """Let speech from different requests share a 30 s window; off gives output that never depends on other traffic."""
@@ -109,6 +136,9 @@ class CacheSettings(BaseModel):
     status_ttl_s: int = Field(default=60, ge=1)
     """How long a job's status stays in the read-through cache."""
 
+    memory_max_bytes: int = Field(default=64 * MIB, ge=0)
+    """Byte cap of the in-process cache (the embedded default, and the result cache while Redis is down); least recently used entries go first."""
+
 
 class JobsSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
@@ -138,7 +168,37 @@ class JobsSettings(BaseModel):
     """Jobs the tracker runs at once (each sends one chunk at a time, below sync traffic)."""
 
     chunk_s: float = Field(default=300.0, ge=30)
-    """Seconds of audio the tracker sends to the model per step; progress counts these."""
+    """Nominal seconds of audio the tracker sends to the model per step; each cut is moved to a pause before it."""
+
+    cut_search_s: float = Field(default=30.0, ge=1)
+    """How far before a chunk's nominal end the tracker looks for the longest pause to cut at."""
+
+    min_pause_s: float = Field(default=0.3, ge=0)
+    """Shortest silence a chunk may be cut at; with none in the search window, chunks overlap."""
+
+    overlap_s: float = Field(default=5.0, ge=0)
+    """Overlap between chunks cut through speech; words in it are kept once, by word timestamps."""
+
+    disk_reserve_bytes: int = Field(default=2 * 1024 * MIB, ge=0)
+    """Free disk kept in reserve under the audio store; an upload that would eat into it gets 507."""
+
+    disk_reserve_fraction: float = Field(default=0.05, ge=0, le=1)
+    """The reserve as a fraction of the disk; the smaller of the two reserves applies."""
+
+    orphan_audio_age_s: float = Field(default=3600.0, gt=0)
+    """Stored audio with no job row older than this is deleted by the sweeper."""
+
+    tombstone_retention_s: float = Field(default=90 * 24 * 3600.0, gt=0)
+    """How long a job row stays after its data was deleted (it answers 410, not 404), counted from retention's end."""
+
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+    """How often the tracker sweeps expired data, orphaned audio and old tombstones."""
+
+    model_grace_s: float = Field(default=600.0, gt=0)
+    """A job whose model no running tracker serves fails with `model_not_served` after waiting this long."""
+
+    interruption_backoff_max_s: float = Field(default=30.0, gt=0)
+    """Longest wait between retries after overload or a replica restart (these do not use up attempts)."""
 
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     """How long an Idempotency-Key keeps returning the same job."""

@@ -49,6 +49,9 @@ class Job(Base):
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int | None] = mapped_column(Integer)
     lease_epoch: Mapped[int | None] = mapped_column(Integer)
+    """The `TrackerIncarnation.token` holding the job: unique across all trackers."""
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    """The tracker name holding the lease: it takes over its own earlier incarnations at once."""
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime)
@@ -57,6 +60,16 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
     result_deleted: Mapped[bool] = mapped_column(default=False)
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)
+    """Overload and replica restarts met while running: they never use up `attempts`."""
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    """Bumped by every change of the row; caches never replace a newer version by an older."""
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    """A stable code for `error` (the safe message); details go to the logs only."""
+    chunk_s: Mapped[float | None] = mapped_column(Float)
+    """The nominal chunk length the job started with; a resumed job keeps its own."""
+    cut_points: Mapped[list[float] | None] = mapped_column(JSON)
+    """Chunk boundaries in seconds, recorded as they are decided; a retry reuses them."""
 
 
 class JobResult(Base):
@@ -85,6 +98,7 @@ class JobChunk(Base):
 
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)
 
     scope: Mapped[str] = mapped_column(String(255), primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
@@ -93,13 +107,22 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-class TrackerEpoch(Base):
-    """The fencing number of each tracker: bumped at every (re)start."""
+class TrackerIncarnation(Base):
+    """One (re)start of a tracker. Its autoincrement `token` is the lease token (fencing
+    number), unique across every tracker; `heartbeat_at` says which models are served."""
 
-    __tablename__ = "tracker_epochs"
+    __tablename__ = "tracker_incarnations"
+    __table_args__ = (
+        Index("ix_tracker_incarnations_model", "model", "heartbeat_at"),
+        {"sqlite_autoincrement": True},
+    )
 
-    name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer)
+    token: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Progress(BaseModel):
@@ -117,12 +140,15 @@ class JobView(BaseModel):
     model: str
     owner: str | None
     attempts: int
+    interruptions: int = 0
+    version: int = 0
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     audio_duration_s: float | None
     progress: Progress
     error: str | None
+    error_code: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -133,12 +159,15 @@ class JobView(BaseModel):
             model=job.model,
             owner=job.owner,
             attempts=job.attempts,
+            interruptions=job.interruptions or 0,
+            version=job.version or 0,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             audio_duration_s=job.audio_duration_s,
             progress=Progress(done=job.progress_done, total=job.progress_total),
             error=job.error,
+            error_code=job.error_code,
         )
 
 

@@ -23,7 +23,7 @@ from services.jobs.models import (
     JobChunk,
     JobResult,
     JobStatus,
-    TrackerEpoch,
+    TrackerIncarnation,
 )
 
 
@@ -122,6 +122,7 @@ class JobRepository:
         if job is None:
             return None
         key, job.audio_key, job.result_deleted, job.updated_at = job.audio_key, None, True, now
+        job.version = (job.version or 0) + 1
         await self.session.execute(delete(JobResult).where(JobResult.job_id == job_id))
         await self.session.execute(delete(JobChunk).where(JobChunk.job_id == job_id))
         return key
@@ -141,17 +142,15 @@ class JobRepository:
 
     # -- the tracker --------------------------------------------------------------------
 
-    async def bump_epoch(self, name: str) -> int:
-        epoch = await self.session.scalar(
-            self._insert(TrackerEpoch)
-            .values(name=name, epoch=1)
-            .on_conflict_do_update(
-                index_elements=[TrackerEpoch.name], set_={"epoch": TrackerEpoch.epoch + 1}
-            )
-            .returning(TrackerEpoch.epoch)
+    async def start_incarnation(self, *, name: str, model: str, now: datetime) -> int:
+        """Record a tracker (re)start; its token is a lease token no other tracker holds."""
+        token = await self.session.scalar(
+            self._insert(TrackerIncarnation)
+            .values(name=name, model=model, started_at=now, heartbeat_at=now)
+            .returning(TrackerIncarnation.token)
         )
-        assert epoch is not None
-        return int(epoch)
+        assert token is not None
+        return int(token)
 
     async def requeue_lost(self, *, model: str, epoch: int, now: datetime) -> int:
         """Take over leases of other incarnations and expired ones: requeue their jobs.
@@ -167,6 +166,7 @@ class JobRepository:
             update(Job)
             .where(lost, Job.attempts >= Job.max_attempts)
             .values(
+                version=Job.version + 1,
                 status=JobStatus.FAILED,
                 error="the job was interrupted on every attempt",
                 finished_at=now,
@@ -179,6 +179,7 @@ class JobRepository:
             update(Job)
             .where(lost)
             .values(
+                version=Job.version + 1,
                 status=JobStatus.QUEUED,
                 next_attempt_at=now,
                 updated_at=now,
@@ -205,6 +206,7 @@ class JobRepository:
             update(Job)
             .where(Job.id.in_(due.scalar_subquery()), Job.status == JobStatus.QUEUED)
             .values(
+                version=Job.version + 1,
                 status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
                 lease_epoch=epoch,
@@ -237,7 +239,7 @@ class JobRepository:
     async def _compare_and_set(self, condition: Any, **values: Any) -> bool:
         """One UPDATE guarded by `condition`; True if it changed the row."""
         changed = await self.session.execute(
-            update(Job).where(condition).values(**values).returning(Job.id)
+            update(Job).where(condition).values(version=Job.version + 1, **values).returning(Job.id)
         )
         return changed.first() is not None
 

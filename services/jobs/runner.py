@@ -103,7 +103,9 @@ class JobRunner:
         """Take a new epoch and take over every lease of earlier incarnations at once."""
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)
-            self.epoch = await repo.bump_epoch(self.name)
+            self.epoch = await repo.start_incarnation(
+                name=self.name, model=self._model_id, now=utcnow()
+            )
             requeued = await repo.requeue_lost(model=self._model_id, epoch=self.epoch, now=utcnow())
         log.info("tracker_started", tracker=self.name, epoch=self.epoch, requeued=requeued)
 

@@ -148,6 +148,9 @@ class JobsService:
             updated_at=now,
             expires_at=now + timedelta(seconds=self._settings.retention_s),
             result_deleted=False,
+            interruptions=0,
+            version=0,
+            chunk_s=self._settings.chunk_s,
         )
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)

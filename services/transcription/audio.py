@@ -50,6 +50,9 @@ ACCEPTED_CONTAINERS = frozenset(
         "aac",
     }
 )
+DECODER_VERSION = "2"
+"""Bumped whenever decoding changes what samples come out: it is part of the result cache key,
+so a fixed decoder never serves a transcript a broken one computed (2: WAV position fix)."""
 # A decoded length this much shorter than the declared one means the upload was cut off.
 TRUNCATION_RATIO = 0.9
 TRUNCATION_MIN_MISSING_S = 0.5

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,7 +41,7 @@ def _add_base_app(config: dict[str, Any], data_dir: str) -> None:
     config["applications"].append(base)
 
 
-SERVE_REDIS = "redis://127.0.0.1:6379/6"
+SERVE_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('RAYSCRIBE_TEST_SERVE_REDIS_DB', '6')}"
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
 from tests.servers import create_database, drop_database, shared_redis_url
 
-TABLES = "jobs, job_results, job_chunks, idempotency_keys, tracker_epochs"
+TABLES = "jobs, job_results, job_chunks, idempotency_keys, tracker_incarnations"
 
 
 @pytest.fixture(scope="session")
