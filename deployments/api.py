@@ -12,6 +12,7 @@ from deployments.middleware import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
 )
+from deployments.storage_guard import StorageGuardMiddleware
 
 DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024
 
@@ -26,6 +27,7 @@ def create_app(container: Container) -> FastAPI:
     for router in (transcriptions.router, jobs.router, models.router, health.router):
         app.include_router(router)
     install_error_handlers(app)
+    app.add_middleware(StorageGuardMiddleware, settings=container.settings)
     upload_limit = container.settings.server.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     app.add_middleware(
         BodyLimitMiddleware,

@@ -4,14 +4,21 @@ The `Cache` protocol covers what the services need: key/value with a TTL, publis
 subscribe. `RedisCache` wraps every call in a circuit breaker, so a dead Redis costs one
 short timeout a few times and then nothing at all until it is tried again; callers see a
 miss (get), a no-op (set, publish) or `False` (ping), never an error. `MemoryCache` serves
-the embedded default: one process's dictionary and queues.
+the embedded default: one process's LRU, capped in bytes, and its queues.
+
+`FallbackCache` is for data that is the same wherever it is computed (transcripts): while
+Redis is down it keeps such values in this process's LRU instead. The job status cache
+never uses it: a process-local copy of a status would go stale (the tracker writes from
+another process), so status reads go to the database while Redis is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -20,6 +27,11 @@ from services.core.settings import RedisSettings
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+DEFAULT_MEMORY_MAX_BYTES = 64 * 1024 * 1024
+# What one entry costs beyond its two strings: the OrderedDict link and slot, the tuple
+# and the float. Counted so that many tiny entries cannot exceed the cap either.
+ENTRY_OVERHEAD_BYTES = 200
 
 
 class Cache(Protocol):
@@ -57,6 +69,11 @@ class CircuitBreaker:
             return False
         return self._clock() - self._opened_at < self._reset_s
 
+    @property
+    def healthy(self) -> bool:
+        """False from the first failed call until a call succeeds again (open or not)."""
+        return self._failures == 0
+
     async def call(self, operation: Callable[[], Awaitable[T]], fallback: T) -> T:
         if self.is_open:
             return fallback
@@ -92,6 +109,11 @@ class RedisCache:
     @property
     def shared(self) -> bool:
         return True
+
+    @property
+    def available(self) -> bool:
+        """Whether the last call reached Redis (False while the breaker is open)."""
+        return self._breaker.healthy
 
     async def get(self, key: str) -> str | None:
         async def read() -> str | None:
@@ -138,29 +160,68 @@ class RedisCache:
 
 
 class MemoryCache:
-    """One process's cache: enough for a single ingress; events do not cross processes."""
+    """One process's cache: enough for a single ingress; events do not cross processes.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    Values live in an LRU capped at `max_bytes` (keys, values and a per-entry overhead,
+    counted as Python holds them); the least recently used entries are evicted first, and
+    a value larger than the whole cap is not kept at all.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int = DEFAULT_MEMORY_MAX_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._clock = clock
-        self._values: dict[str, tuple[str, float]] = {}
+        self.max_bytes = max_bytes
+        self._bytes = 0
+        # key -> (value, expires_at, size in bytes), least recently used first
+        self._values: OrderedDict[str, tuple[str, float, int]] = OrderedDict()
         self._channels: dict[str, set[asyncio.Queue[str]]] = {}
 
     @property
     def shared(self) -> bool:
         return False
 
+    @property
+    def bytes_used(self) -> int:
+        """What the stored entries take, by the same measure as `max_bytes`."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._values)
+
     async def get(self, key: str) -> str | None:
         hit = self._values.get(key)
-        if hit is None or hit[1] < self._clock():
-            self._values.pop(key, None)
+        if hit is None:
             return None
+        if hit[1] < self._clock():
+            self._drop(key)
+            return None
+        self._values.move_to_end(key)
         return hit[0]
 
     async def set(self, key: str, value: str, ttl_s: int) -> None:
-        self._values[key] = (value, self._clock() + ttl_s)
+        self._drop(key)
+        size = sys.getsizeof(key) + sys.getsizeof(value) + ENTRY_OVERHEAD_BYTES
+        if size > self.max_bytes:
+            return  # would evict everything else and still not fit
+        while self._bytes + size > self.max_bytes:
+            self._evict_least_recent()
+        self._values[key] = (value, self._clock() + ttl_s, size)
+        self._bytes += size
 
     async def delete(self, key: str) -> None:
-        self._values.pop(key, None)
+        self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        entry = self._values.pop(key, None)
+        if entry is not None:
+            self._bytes -= entry[2]
+
+    def _evict_least_recent(self) -> None:
+        _, (_, _, size) = self._values.popitem(last=False)
+        self._bytes -= size
 
     async def publish(self, channel: str, message: str) -> None:
         for queue in self._channels.get(channel, ()):
@@ -182,9 +243,35 @@ class MemoryCache:
         return True
 
 
-def create_cache(settings: RedisSettings) -> Cache:
+def create_cache(
+    settings: RedisSettings, *, memory_max_bytes: int = DEFAULT_MEMORY_MAX_BYTES
+) -> Cache:
     """Redis behind a circuit breaker when a URL is configured, else this process's memory."""
     if settings.url is None:
-        return MemoryCache()
+        return MemoryCache(memory_max_bytes)
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
     return RedisCache(settings.url, timeout_s=settings.timeout_s, breaker=breaker)
+
+
+class FallbackCache:
+    """Redis while it answers, this process's LRU while it does not (get and set only).
+
+    Only for values any process would compute identically (transcripts of given audio):
+    serving one from a local copy is never stale. Not a `Cache`: status and events must
+    not fall back to one process's memory.
+    """
+
+    def __init__(self, primary: RedisCache, fallback: MemoryCache) -> None:
+        self.primary = primary
+        self.fallback = fallback
+
+    async def get(self, key: str) -> str | None:
+        value = await self.primary.get(key)
+        if self.primary.available:
+            return value
+        return await self.fallback.get(key)
+
+    async def set(self, key: str, value: str, ttl_s: int) -> None:
+        await self.primary.set(key, value, ttl_s)
+        if not self.primary.available:
+            await self.fallback.set(key, value, ttl_s)

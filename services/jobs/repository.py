@@ -11,7 +11,7 @@ import base64
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -127,18 +127,88 @@ class JobRepository:
         await self.session.execute(delete(JobChunk).where(JobChunk.job_id == job_id))
         return key
 
-    async def expired(self, now: datetime, limit: int = 100) -> list[str]:
-        """Finished jobs past their retention that still hold data."""
-        rows = await self.session.scalars(
-            select(Job.id)
+    async def expired(self, now: datetime, limit: int) -> list[tuple[str, str | None]]:
+        """Finished jobs past their retention that still hold data, as (id, audio key),
+        locked for this transaction (other sweepers skip them on PostgreSQL)."""
+        query = (
+            select(Job.id, Job.audio_key)
             .where(
                 Job.expires_at < now,
                 Job.status.in_(FINISHED),
                 or_(Job.audio_key.is_not(None), Job.result_deleted.is_(False)),
             )
+            .order_by(Job.expires_at)
             .limit(limit)
         )
-        return list(rows)
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        return [(row.id, row.audio_key) for row in await self.session.execute(query)]
+
+    # -- retention: the sweeper's batches -----------------------------------------------
+
+    async def forget_many(self, job_ids: list[str], now: datetime) -> None:
+        """Turn finished jobs into tombstones: no result, chunks or audio; the row stays."""
+        if not job_ids:
+            return
+        await self.session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status.in_(FINISHED))
+            .values(version=Job.version + 1, audio_key=None, result_deleted=True, updated_at=now)
+        )
+        await self.session.execute(delete(JobResult).where(JobResult.job_id.in_(job_ids)))
+        await self.session.execute(delete(JobChunk).where(JobChunk.job_id.in_(job_ids)))
+
+    async def drop_tombstones(self, expired_before: datetime, limit: int) -> list[str]:
+        """Delete tombstones whose retention ended before `expired_before`; their ids."""
+        query = (
+            select(Job.id)
+            .where(
+                Job.expires_at < expired_before,
+                Job.status.in_(FINISHED),
+                Job.result_deleted.is_(True),
+                Job.audio_key.is_(None),
+            )
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        job_ids = list(await self.session.scalars(query))
+        if job_ids:
+            # A key left pointing at a vanished job would hand its next use a job id that
+            # no longer exists; results and chunks are gone already (SQLite has no cascade).
+            await self.session.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.job_id.in_(job_ids))
+            )
+            await self.session.execute(delete(JobResult).where(JobResult.job_id.in_(job_ids)))
+            await self.session.execute(delete(JobChunk).where(JobChunk.job_id.in_(job_ids)))
+            await self.session.execute(delete(Job).where(Job.id.in_(job_ids)))
+        return job_ids
+
+    async def drop_idempotency_keys(self, created_before: datetime, limit: int) -> int:
+        """Delete up to `limit` idempotency keys older than their TTL; how many."""
+        query = (
+            select(IdempotencyKey.scope, IdempotencyKey.key)
+            .where(IdempotencyKey.created_at < created_before)
+            .limit(limit)
+        )
+        if self._postgres:
+            query = query.with_for_update(skip_locked=True)
+        keys = [(row.scope, row.key) for row in await self.session.execute(query)]
+        if keys:
+            await self.session.execute(
+                delete(IdempotencyKey).where(
+                    tuple_(IdempotencyKey.scope, IdempotencyKey.key).in_(keys),
+                    IdempotencyKey.created_at < created_before,
+                )
+            )
+        return len(keys)
+
+    async def referenced_audio(self, keys: list[str]) -> set[str]:
+        """The storage keys among `keys` that some job row still refers to."""
+        if not keys:
+            return set()
+        rows = await self.session.scalars(select(Job.audio_key).where(Job.audio_key.in_(keys)))
+        return {key for key in rows if key is not None}
 
     # -- the tracker --------------------------------------------------------------------
 

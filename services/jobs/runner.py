@@ -144,7 +144,7 @@ class JobRunner:
             if job.id not in self.running:
                 self.running[job.id] = asyncio.create_task(self._run(job))
         loop_now = asyncio.get_running_loop().time()
-        if loop_now - self._last_purge > PURGE_INTERVAL_S:
+        if loop_now - self._last_purge > self._settings.sweep_interval_s:
             self._last_purge = loop_now
             await self._jobs.purge_expired()
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, BinaryIO
 
@@ -27,6 +28,7 @@ from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage, StoredAudio
 from services.jobs.models import ACTIVE, FINISHED, Job, JobPage, JobStatus, JobView
 from services.jobs.repository import JobRepository, decode_cursor
+from services.jobs.sweeper import Sweeper, SweepReport
 from services.transcription.audio import FileTooLargeError, probe_audio
 from services.transcription.models import (
     ResponseFormat,
@@ -44,6 +46,8 @@ MAX_PAGE = 100
 EVENT_POLL_S = 1.0
 STATUS_KEY = "rayscribe:job:{}"
 EVENTS_CHANNEL = "rayscribe:job-events:{}"
+SWEEP_BUDGET_S = 10.0
+"""Longest one retention sweep runs before it yields back to the tracker's loop."""
 
 
 def job_options(request: TranscriptionRequest) -> dict[str, Any]:
@@ -77,6 +81,9 @@ class JobsService:
         self._status_ttl_s = status_ttl_s
         self.model_id = model_id
         self._nudge = nudge
+        self._sweeper = Sweeper(
+            sessions=sessions, storage=storage, settings=settings, evict=self._evict
+        )
 
     # -- submit -------------------------------------------------------------------------
 
@@ -275,15 +282,20 @@ class JobsService:
         return view
 
     async def purge_expired(self) -> int:
-        """Delete audio and results of finished jobs past their retention."""
-        async with transaction(self._sessions) as session:
-            job_ids = await JobRepository(session).expired(utcnow())
-        for job_id in job_ids:
-            async with transaction(self._sessions) as session:
-                key = await JobRepository(session).forget_data(job_id, utcnow())
-            if key:
-                await self._storage.delete(key)
-        return len(job_ids)
+        """One retention sweep (the tracker calls it every `sweep_interval_s`): returns
+        how many jobs' data it deleted. Bounded by time, not by a count."""
+        return (await self.sweep()).forgotten
+
+    async def sweep(self, budget_s: float = SWEEP_BUDGET_S) -> SweepReport:
+        report = await self._sweeper.sweep(budget_s)
+        if report.forgotten or report.tombstones or report.idempotency_keys or report.orphans:
+            log.info("retention_swept", **asdict(report))
+        return report
+
+    async def _evict(self, job_ids: list[str]) -> None:
+        if self._cache.shared:
+            for job_id in job_ids:
+                await self._cache.delete(STATUS_KEY.format(job_id))
 
     # -- events -------------------------------------------------------------------------
 

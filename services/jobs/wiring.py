@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.core.cache import Cache, create_cache
+from services.core.cache import Cache, FallbackCache, MemoryCache, RedisCache, create_cache
 from services.core.db import create_engine, session_factory
 from services.core.settings import Settings
 from services.core.storage import LocalAudioStorage
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobsService
 from services.transcription.model_files import served_model_id
-from services.transcription.result_cache import ResultCache
+from services.transcription.result_cache import ResultCache, ResultStore, engine_version
 from services.transcription.service import Transcriber
 
 
@@ -45,10 +45,20 @@ def build_job_runtime(settings: Settings, *, nudge: Callable[[], None]) -> JobRu
     engine = create_engine(settings)
     sessions = session_factory(engine)
     storage = LocalAudioStorage(settings.audio_dir)
-    cache = create_cache(settings.redis)
+    memory_max_bytes = settings.cache.memory_max_bytes
+    cache = create_cache(settings.redis, memory_max_bytes=memory_max_bytes)
+    # Transcripts may fall back to this process's LRU while Redis is down; job status
+    # (`cache`, given to JobsService) never does: it reads the database instead.
+    store: ResultStore = cache
+    if isinstance(cache, RedisCache):
+        store = FallbackCache(cache, MemoryCache(memory_max_bytes))
     model_id = served_model_id(settings)
     results = ResultCache(
-        cache, model_id=model_id, enabled=settings.cache.enabled, ttl_s=settings.cache.result_ttl_s
+        store,
+        model_id=model_id,
+        enabled=settings.cache.enabled,
+        ttl_s=settings.cache.result_ttl_s,
+        engine=engine_version(model_id, settings.whisper),
     )
     jobs = JobsService(
         sessions=sessions,
