@@ -7,7 +7,9 @@ One sweep, in four phases, each looping over batches (every batch one transactio
 2. tombstones `tombstone_retention_s` past their `expires_at` are deleted;
 3. idempotency keys older than `idempotency_ttl_s` are deleted;
 4. stored audio that no job row refers to, older than `orphan_audio_age_s`, is deleted
-   (an upload whose row never committed, a crash between commit and delete, a partial).
+   (an upload whose row never committed, a crash between commit and delete, a partial);
+   the store is listed in passes resumed across sweeps, a new pass at most every quarter
+   of that age.
 
 No phase has a fixed quota: a sweep stops only when a phase runs dry or its time budget
 is spent, and every phase gets at least one batch per sweep, so a backlog in one cannot
@@ -73,6 +75,7 @@ class Sweeper:
         self._batch = batch_size
         self._scan_batch = scan_batch_size
         self._scan: Iterator[StoredKey] | None = None  # a storage pass, resumed across sweeps
+        self._scan_started = float("-inf")
         self._lock = asyncio.Lock()
 
     async def sweep(self, budget_s: float) -> SweepReport:
@@ -117,6 +120,11 @@ class Sweeper:
 
     async def _drop_orphans(self, now: datetime, report: SweepReport) -> bool:
         if self._scan is None:
+            # Listing the whole store is the costly part: a new pass at most every quarter
+            # of the orphan age, so an orphan goes within 1.25 times that age.
+            if time.monotonic() - self._scan_started < self._settings.orphan_audio_age_s / 4:
+                return False
+            self._scan_started = time.monotonic()
             self._scan = self._storage.scan()
         batch = await asyncio.to_thread(list, itertools.islice(self._scan, self._scan_batch))
         if len(batch) < self._scan_batch:
