@@ -1,8 +1,11 @@
 """The bounded decoder against real speech, every accepted container and the hostile files."""
 
 import io
+import tempfile
 import time
 import tracemalloc
+import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from services.core.errors import ServiceError
 from services.transcription.audio import AudioDecoder, decode_audio, probe_audio
 from services.transcription.models import SAMPLE_RATE
+from tests.audio_variants import speech
 from tests.conftest import ENGLISH, FORMATS, HOSTILE, SILENCE, TWO_HOURS
 
 
@@ -77,3 +81,46 @@ def test_blocks_stream_in_fixed_sizes() -> None:
         blocks = list(decoder.blocks(max_duration_s=600, block_s=2.0))
     assert all(b.shape[0] == 2 * SAMPLE_RATE for b in blocks[:-1])
     assert 0 < blocks[-1].shape[0] <= 2 * SAMPLE_RATE
+
+
+def _wav_s16(samples: np.ndarray) -> bytes:
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(SAMPLE_RATE)
+        writer.writeframes(pcm.tobytes())
+    return out.getvalue()
+
+
+def test_a_long_wav_decodes_sample_exact_from_bytes_spooled_and_stored_files(
+    tmp_path: Path,
+) -> None:
+    # 20 s: far past the 65,536 samples after which a moved file position used to show.
+    audio = speech([c.path for c in ENGLISH[:4]], 20.0)
+    data = _wav_s16(audio)
+    expected = np.frombuffer(data[44:], dtype="<i2").astype(np.float32) / 32768
+    stored = tmp_path / "upload"
+    stored.write_bytes(data)
+    spooled = tempfile.SpooledTemporaryFile(max_size=1024 * 1024)  # rolls over to disk
+    spooled.write(data)
+    spooled.seek(0)
+    in_memory = tempfile.SpooledTemporaryFile(max_size=len(data) + 1)
+    in_memory.write(data)
+    in_memory.seek(0)
+    with stored.open("rb") as job_file, spooled, in_memory:
+        probe_audio(job_file)  # the jobs path probes, rewinds, then decodes
+        job_file.seek(0)
+        with AudioDecoder(job_file) as decoder:
+            from_job = np.concatenate(list(decoder.blocks(max_duration_s=600, block_s=7.0)))
+        decoded = {
+            "bytes": decode_audio(data, max_duration_s=600),
+            "spooled on disk": decode_audio(spooled, max_duration_s=600),  # type: ignore[arg-type]
+            "spooled in memory": decode_audio(in_memory, max_duration_s=600),  # type: ignore[arg-type]
+            "stored file": from_job,
+        }
+    for path, samples in decoded.items():
+        assert samples.shape == expected.shape, path
+        wrong = np.count_nonzero(samples != expected)
+        assert wrong == 0, f"{path}: {wrong} of {expected.size} samples differ"
