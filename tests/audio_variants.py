@@ -42,7 +42,9 @@ class Variant:
 
     @property
     def id(self) -> str:
-        depth = {"s16": "-16bit", "s32": "-24bit", "flt": "-float"}.get(self.sample_format or "", "")
+        depth = {"s16": "-16bit", "s32": "-24bit", "flt": "-float"}.get(
+            self.sample_format or "", ""
+        )
         layout = "mono" if self.channels == 1 else "stereo"
         return f"{self.suffix}-{self.encoder}{depth}-{self.rate}-{layout}"
 
@@ -69,8 +71,7 @@ def _mp3(variants: list[Variant]) -> list[Variant]:
     """LAME's default at 8 kHz is its floor, 8 kbit/s, which nobody records speech at: use
     32 kbit/s per channel up to 24 kHz and 64 kbit/s per channel above, as voice recorders do."""
     return [
-        replace(v, bit_rate=(32_000 if v.rate <= 24_000 else 64_000) * v.channels)
-        for v in variants
+        replace(v, bit_rate=(32_000 if v.rate <= 24_000 else 64_000) * v.channels) for v in variants
     ]
 
 
@@ -198,7 +199,9 @@ def compare(decoded: Waveform, reference: Waveform, *, max_lag_s: float = 0.25) 
     return Match(correlation, lag, decoded.shape[0] - reference.shape[0])
 
 
-def spoken(clips: Iterable[tuple[Path, str]], seconds: float, gap_s: float = 0.4) -> tuple[Waveform, str]:
+def spoken(
+    clips: Iterable[tuple[Path, str]], seconds: float, gap_s: float = 0.4
+) -> tuple[Waveform, str]:
     """Whole clips joined with short silences while they fit in `seconds`, padded to it, and
     the words they speak (for a word error rate against the script)."""
     wanted = int(seconds * SAMPLE_RATE)

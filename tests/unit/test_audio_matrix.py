@@ -67,7 +67,7 @@ def _report_figures() -> Iterator[None]:
         report(f"audio matrix: {len(VARIANTS)} generated variants, each decoded from bytes, "
                "a spooled upload and a stored file")  # fmt: skip
         for codec, (value, name) in sorted(_worst.items()):
-            report(f"  {codec:6s} worst correlation {value:.5f} ({name}); bound {BOUNDS[codec]}")
+            report(f"  {codec:6s} worst correlation {value:.6f} ({name}); bound {BOUNDS[codec]}")
 
 
 def _note(codec: str, value: float, name: str) -> None:
@@ -200,7 +200,9 @@ def _stored_decode(data: bytes, tmp_path: Path) -> Waveform:
 
 
 @pytest.mark.parametrize("muxer", ["wav", "flac"])
-def test_five_minutes_decode_sample_exact(muxer: str, five_minutes: Waveform, tmp_path: Path) -> None:
+def test_five_minutes_decode_sample_exact(
+    muxer: str, five_minutes: Waveform, tmp_path: Path
+) -> None:
     pcm = (np.clip(five_minutes, -1.0, 1.0) * 32767).astype(np.int16)
     exact = pcm.astype(np.float32) / 32768
     if muxer == "flac":
@@ -237,7 +239,9 @@ def test_five_minutes_at_a_high_rate_decode_whole(
     correlation = float(np.corrcoef(decoded, target)[0, 1])
     # Per 30 s stretch too, so a wrong tail cannot hide in a good whole.
     stretches = [
-        float(np.corrcoef(decoded[i : i + 30 * SAMPLE_RATE], target[i : i + 30 * SAMPLE_RATE])[0, 1])
+        float(
+            np.corrcoef(decoded[i : i + 30 * SAMPLE_RATE], target[i : i + 30 * SAMPLE_RATE])[0, 1]
+        )
         for i in range(0, decoded.shape[0], 30 * SAMPLE_RATE)
     ]
     report(f"5 min {variant.id}: {len(data) / 1e6:.0f} MB, correlation {correlation:.6f}, "
