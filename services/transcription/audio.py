@@ -8,20 +8,23 @@ after a few milliseconds and a few MB.
 
 The mapping of failures (each an error class with its HTTP status):
 empty file, undecodable/corrupt stream, truncated file, zero samples -> 400;
-a file that opens but has no audio stream, or a container we do not accept -> 415;
+a container we do not accept, one with no audio stream, or audio in a codec we do not
+accept -> 415;
 longer than the cap -> 413.
 
 FFmpeg owns the file position. PyAV reads through the file object it is given and does not
 seek back before each read, so once `av.open` has run nothing here may read, seek or tell on
-that object (a size check that seeked to the end and back used to make every WAV past its
-first 65,536 samples decode from byte 0 again). Everything the decoder needs from the raw
-bytes (the RIFF header, the file size) is taken before FFmpeg is given the file.
+that object (a WAV size check that seeked to the end and back made FFmpeg read on from the
+wrong place: a 16 kHz 16-bit mono WAV decoded right for its first 65,536 samples only, a
+44.1 kHz 24-bit stereo one hardly at all). Everything the decoder needs
+from the raw bytes (the RIFF header, the file size) is taken before FFmpeg is given the file.
 
 FFmpeg is opened with allow-lists: only the demuxers of the accepted containers may be picked
 (checked after FFmpeg's content probe and before the demuxer parses anything, so playlists,
-concat lists and image sequences are refused unread), only the decoders of the accepted audio
-codecs may be opened, and no protocol may be opened at all (the upload is a Python file object,
-so a nested open could only be a reference the file makes to somewhere else).
+concat lists, SDP sessions and images are refused unread), only the decoders of the accepted
+audio codecs may be opened (FFmpeg decodes a few frames of every stream while probing: a
+video track's decoder stays closed), and no protocol may be opened at all (the upload is a
+Python file object, so a nested open could only be a reference the file makes elsewhere).
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ from services.transcription.models import SAMPLE_RATE, Waveform
 log = get_logger(__name__)
 
 # FFmpeg demuxer names (as `container.format.name` reports them) for what OpenAI accepts: flac,
-# mp3, mp4, mpeg, mpga, m4a, ogg, wav, webm (and raw AAC, which m4a files are often renamed
-# from). Video containers are fine as long as they carry an audio track. "mpeg" is MPEG-PS
-# (.mpeg/.mpg); MPEG-TS is not on the list.
+# mp3, mp4, mpeg, mpga, m4a, ogg, wav, webm, plus raw AAC (ADTS), which some recorders write
+# as .aac or .m4a. Video containers are fine as long as they carry an audio track. "mpeg" is
+# MPEG-PS (.mpeg/.mpg); MPEG-TS is not on the list (OpenAI does not take it either).
 ACCEPTED_CONTAINERS = frozenset(
     {
         "wav",

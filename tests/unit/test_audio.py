@@ -235,3 +235,13 @@ def test_the_allow_lists_name_only_the_accepted_containers() -> None:
     allowed = set(_CONTAINER_OPTIONS["format_whitelist"].split(","))
     assert allowed == {name for names in ACCEPTED_CONTAINERS for name in names.split(",")}
     assert set(_CONTAINER_OPTIONS["codec_whitelist"].split(",")) == ACCEPTED_CODECS
+
+
+def test_a_video_track_is_never_decoded() -> None:
+    """FFmpeg decodes a few frames of every stream while probing; the decoder allow-list keeps
+    the video decoder of an mp4 closed, and its audio still decodes."""
+    mp4 = next(path for path, _ in FORMATS if path.suffix == ".mp4")
+    with _ffmpeg_log() as logs:
+        audio = decode_audio(mp4, max_duration_s=60)
+    assert any("(h264) not on whitelist" in message for _, _, message in logs)
+    assert audio.shape[0] > 3 * SAMPLE_RATE

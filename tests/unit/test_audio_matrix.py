@@ -67,7 +67,10 @@ def _report_figures() -> Iterator[None]:
         report(f"audio matrix: {len(VARIANTS)} generated variants, each decoded from bytes, "
                "a spooled upload and a stored file")  # fmt: skip
         for codec, (value, name) in sorted(_worst.items()):
-            report(f"  {codec:6s} worst correlation {value:.6f} ({name}); bound {BOUNDS[codec]}")
+            report(
+                f"  {codec:6s} worst correlation {value:.6f} (1 - {1 - value:.1e}, {name}); "
+                f"bound {BOUNDS[codec]}"
+            )
 
 
 def _note(codec: str, value: float, name: str) -> None:
