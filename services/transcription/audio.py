@@ -8,8 +8,23 @@ after a few milliseconds and a few MB.
 
 The mapping of failures (each an error class with its HTTP status):
 empty file, undecodable/corrupt stream, truncated file, zero samples -> 400;
-a file that opens but has no audio stream, or a container we do not accept -> 415;
+a container we do not accept, one with no audio stream, or audio in a codec we do not
+accept -> 415;
 longer than the cap -> 413.
+
+FFmpeg owns the file position. PyAV reads through the file object it is given and does not
+seek back before each read, so once `av.open` has run nothing here may read, seek or tell on
+that object (a WAV size check that seeked to the end and back made FFmpeg read on from the
+wrong place: a 16 kHz 16-bit mono WAV decoded right for its first 65,536 samples only, a
+44.1 kHz 24-bit stereo one hardly at all). Everything the decoder needs
+from the raw bytes (the RIFF header, the file size) is taken before FFmpeg is given the file.
+
+FFmpeg is opened with allow-lists: only the demuxers of the accepted containers may be picked
+(checked after FFmpeg's content probe and before the demuxer parses anything, so playlists,
+concat lists, SDP sessions and images are refused unread), only the decoders of the accepted
+audio codecs may be opened (FFmpeg decodes a few frames of every stream while probing: a
+video track's decoder stays closed), and no protocol may be opened at all (the upload is a
+Python file object, so a nested open could only be a reference the file makes elsewhere).
 """
 
 from __future__ import annotations
@@ -35,8 +50,10 @@ from services.transcription.models import SAMPLE_RATE, Waveform
 
 log = get_logger(__name__)
 
-# FFmpeg demuxer names for what OpenAI accepts (flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav,
-# webm). Video containers are fine as long as they carry an audio track.
+# FFmpeg demuxer names (as `container.format.name` reports them) for what OpenAI accepts: flac,
+# mp3, mp4, mpeg, mpga, m4a, ogg, wav, webm, plus raw AAC (ADTS), which some recorders write
+# as .aac or .m4a. Video containers are fine as long as they carry an audio track. "mpeg" is
+# MPEG-PS (.mpeg/.mpg); MPEG-TS is not on the list (OpenAI does not take it either).
 ACCEPTED_CONTAINERS = frozenset(
     {
         "wav",
@@ -46,8 +63,23 @@ ACCEPTED_CONTAINERS = frozenset(
         "mov,mp4,m4a,3gp,3g2,mj2",
         "matroska,webm",
         "mpeg",
-        "mpegts",
         "aac",
+    }
+)
+# FFmpeg decoder names for the audio those containers carry; anything else is refused with 415
+# before a decoder for it is opened.
+ACCEPTED_CODECS = frozenset(
+    {
+        *(f"pcm_{fmt}" for fmt in ("u8", "s8", "alaw", "mulaw")),
+        *(f"pcm_{fmt}{end}" for fmt in ("s16", "s24", "s32", "f32", "f64") for end in ("le", "be")),
+        "flac",
+        "alac",
+        *("mp1", "mp1float", "mp2", "mp2float", "mp3", "mp3float"),
+        "aac",
+        "aac_fixed",
+        "vorbis",
+        "opus",
+        "libopus",
     }
 )
 DECODER_VERSION = "2"
@@ -56,9 +88,23 @@ so a fixed decoder never serves a transcript a broken one computed (2: WAV posit
 # A decoded length this much shorter than the declared one means the upload was cut off.
 TRUNCATION_RATIO = 0.9
 TRUNCATION_MIN_MISSING_S = 0.5
-# Nested resources (playlists, concat lists) must never be opened from an upload.
-_CONTAINER_OPTIONS = {"protocol_whitelist": "none"}
+
+
+def _comma_list(names: frozenset[str]) -> str:
+    # FFmpeg matches each comma-separated element of a demuxer's name ("matroska,webm")
+    # against each element of the list, so the multi-name demuxers can be joined as they are.
+    return ",".join(sorted(names))
+
+
+_CONTAINER_OPTIONS = {
+    "format_whitelist": _comma_list(ACCEPTED_CONTAINERS),
+    "codec_whitelist": _comma_list(ACCEPTED_CODECS),
+    # No protocol at all: the upload itself is a Python file object and needs none, and
+    # nested resources (playlists, concat lists, external references) must never be opened.
+    "protocol_whitelist": "none",
+}
 _WAV_HEADER_PROBE_BYTES = 4096
+_EXPECTED = "flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav or webm"
 
 
 class EmptyAudioError(InvalidRequestError):
@@ -139,6 +185,18 @@ def _wav_data(head: bytes) -> _WavData | None:
     return None
 
 
+def _head_and_size(file: BinaryIO) -> tuple[bytes, int]:
+    """The first bytes and the total size of an upload, read before FFmpeg gets the file.
+
+    Leaves the file at position 0, where FFmpeg starts reading.
+    """
+    file.seek(0)
+    head = file.read(_WAV_HEADER_PROBE_BYTES)
+    size = file.seek(0, io.SEEK_END)
+    file.seek(0)
+    return head, size
+
+
 class AudioDecoder:
     """One opened upload: probe it, then stream its samples with a hard duration cap.
 
@@ -149,44 +207,59 @@ class AudioDecoder:
     def __init__(self, source: AudioSource) -> None:
         self._owns_file = isinstance(source, bytes | Path)
         self._file = _as_file(source)
-        head = self._file.read(_WAV_HEADER_PROBE_BYTES)
-        self._file.seek(0)
+        try:
+            head, file_size = _head_and_size(self._file)
+        except BaseException:
+            self._close_file()
+            raise
         if not head:
             self._close_file()
             raise EmptyAudioError("The audio file is empty.", param="file")
-        try:
-            self._container = av.open(self._file, mode="r", container_options=_CONTAINER_OPTIONS)
-        except Exception as exc:  # FFmpeg raises many types on hostile input; all mean "not audio"
-            self._close_file()
-            raise UndecodableAudioError(
-                "The file could not be decoded as audio; expected one of flac, mp3, mp4, "
-                "mpeg, mpga, m4a, ogg, wav or webm.",
-                param="file",
-            ) from exc
+        wav = _wav_data(head)
+        # From here on the file position is FFmpeg's: nothing below touches self._file.
+        self._container = self._open_container()
         container = self._container.format.name
-        if container not in ACCEPTED_CONTAINERS or not self._container.streams.audio:
-            found = "no audio stream" if container in ACCEPTED_CONTAINERS else container
+        if not self._container.streams.audio:
             self.close()
             raise NoAudioStreamError(
-                f"The file has no audio track we can read (found {found}); expected one of "
-                "flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav or webm with an audio stream.",
+                f"The file has no audio track we can read ({container} with no audio stream); "
+                f"expected one of {_EXPECTED} with an audio stream.",
                 param="file",
             )
         self._stream = self._container.streams.audio[0]
-        wav = _wav_data(head) if container == "wav" else None
+        codec = self._stream.codec_context.name if self._stream.codec_context else "unknown"
+        if codec not in ACCEPTED_CODECS:
+            self.close()
+            raise NoAudioStreamError(
+                f"The audio track is {codec}, a codec we do not accept; expected PCM, FLAC, "
+                "ALAC, MP3/MP2, AAC, Vorbis or Opus audio.",
+                param="file",
+            )
+        if container != "wav":
+            wav = None
         declared = wav.duration_s if wav else None
         if declared is None and container != "wav" and self._container.duration:
             declared = self._container.duration / av.time_base
-        self._wav_bytes_missing = 0
-        if wav is not None:
-            file_size = self._file.seek(0, io.SEEK_END)
-            self._file.seek(0)
-            self._wav_bytes_missing = max(0, wav.offset + wav.size - file_size)
-        self.info = AudioInfo(
-            container=container,
-            codec=self._stream.codec_context.name,
-            declared_duration_s=declared,
-        )
+        self._wav_bytes_missing = max(0, wav.offset + wav.size - file_size) if wav else 0
+        self.info = AudioInfo(container=container, codec=codec, declared_duration_s=declared)
+
+    def _open_container(self) -> av.container.InputContainer:
+        try:
+            return av.open(self._file, mode="r", container_options=_CONTAINER_OPTIONS)
+        except av.error.ArgumentError as exc:
+            # EINVAL from avformat_open_input: FFmpeg recognised the content as a format that
+            # is not on the demuxer allow-list (an image, a playlist, a concat list...).
+            self._close_file()
+            raise NoAudioStreamError(
+                f"The file is not in a container we accept; expected one of {_EXPECTED}.",
+                param="file",
+            ) from exc
+        except Exception as exc:  # FFmpeg raises many types on hostile input; all mean "not audio"
+            self._close_file()
+            raise UndecodableAudioError(
+                f"The file could not be decoded as audio; expected one of {_EXPECTED}.",
+                param="file",
+            ) from exc
 
     def __enter__(self) -> AudioDecoder:
         return self
@@ -211,15 +284,14 @@ class AudioDecoder:
                 f"{self._wav_bytes_missing} bytes of it are missing.",
                 param="file",
             )
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         try:
+            # demux() ends with an empty packet per stream, whose decode() flushes the decoder,
+            # so a file short enough to end inside the decoder's delay still shows its samples.
             for count, packet in enumerate(self._container.demux(self._stream)):
                 if any(frame.samples for frame in packet.decode()):
                     return
                 if count >= max_packets:
                     return  # a slow start is not a reason to refuse
-            if any(frame.samples for frame in resampler.resample(None)):
-                return
         except (av.error.FFmpegError, ValueError, IndexError, EOFError) as exc:
             raise UndecodableAudioError(
                 f"The audio stream is corrupt and could not be decoded ({type(exc).__name__}).",
