@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from deployments.controllers.forms import (
     FileField,
@@ -21,12 +21,17 @@ from deployments.controllers.forms import (
 )
 from deployments.controllers.transcriptions import rendered_response
 from deployments.dependencies import JobsServiceDep, TranscriptionServiceDep
+from services.core.errors import InvalidRequestError
 from services.jobs.models import JobPage, JobStatus, JobView
+from services.jobs.streams import Expired, Item, KeepAlive, StreamLimiter, StreamSlot, paced
 from services.transcription.models import ResponseFormat, Task, TimestampGranularity
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-SSE_KEEPALIVE = ": keep-alive\n\n"
+RECONNECT_RETRY_MS = 2000
+"""The `retry:` hint sent when a stream ends at its maximum lifetime."""
+
+MAX_EVENT_ID_DIGITS = 18
 
 
 def _location(request: Request, job_id: str) -> str:
@@ -103,17 +108,96 @@ async def delete_job(job_id: str, jobs: JobsServiceDep) -> JobView:
     return await jobs.cancel_or_delete(job_id, owner=None)
 
 
-@router.get("/{job_id}/events", summary="Server-Sent Events of a job's status changes")
-async def job_events(job_id: str, jobs: JobsServiceDep) -> StreamingResponse:
-    await jobs.get(job_id, owner=None)  # 404 now, before the stream starts
+def _last_event_id(
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> int | None:
+    """The version of the last event the client has; ids are the job's `version`."""
+    if last_event_id is None or last_event_id.strip() == "":
+        return None
+    value = last_event_id.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_EVENT_ID_DIGITS):
+        raise InvalidRequestError(
+            "Last-Event-ID must be the id of an event this stream sent (a whole number).",
+            param="Last-Event-ID",
+            code="invalid_value",
+        )
+    return int(value)
 
-    async def stream() -> AsyncIterator[str]:
-        async for view in jobs.events(job_id, owner=None):
-            yield f"event: status\ndata: {view.model_dump_json()}\n\n"
-        yield "event: end\ndata: {}\n\n"
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+def _client_key(request: Request) -> str | None:
+    """The client's address as the trusted proxy reports it, or None without one.
+
+    A proxy appends the address it saw to X-Forwarded-For, so the last entry is the one it
+    vouches for; earlier entries came from the client and could be anything.
+    """
+    header = request.app.state.container.settings.server.trusted_client_header
+    if header is None:
+        return None
+    forwarded = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
+    if forwarded:
+        return forwarded
+    return request.client.host if request.client else None
+
+
+async def _stream_slot(
+    job_id: str,
+    request: Request,
+    jobs: JobsServiceDep,
+    last_event_id: Annotated[int | None, Depends(_last_event_id)],
+) -> AsyncIterator[StreamSlot]:
+    """Checks (400, 404, 429) run here, before the response starts; the slot is held until
+    the stream ends in any way (finish, lifetime, disconnect, error)."""
+    await jobs.get(job_id, owner=None)
+    limiter: StreamLimiter = request.app.state.streams
+    slot = limiter.acquire(job_id, _client_key(request))
+    try:
+        yield slot
+    finally:
+        slot.release()
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="Server-Sent Events of a job's status changes",
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    jobs: JobsServiceDep,
+    slot: Annotated[StreamSlot, Depends(_stream_slot)],
+    last_event_id: Annotated[int | None, Depends(_last_event_id)],
+) -> AsyncIterator[ServerSentEvent]:
+    """`status` events (id = the job's version; a reconnect with `Last-Event-ID` gets only
+    newer ones), `end` when the job finishes, or `reconnect` at the stream's maximum
+    lifetime. Comments keep an idle connection alive."""
+    server = request.app.state.container.settings.server
+    last_sent = last_event_id if last_event_id is not None else -1
+    updates = paced(
+        jobs.events(job_id, owner=None),
+        keepalive_s=server.sse_keepalive_s,
+        lifetime_s=server.sse_max_lifetime_s,
     )
+    try:
+        async for update in updates:
+            if isinstance(update, KeepAlive):
+                yield ServerSentEvent(comment="keep-alive")
+            elif isinstance(update, Expired):
+                yield ServerSentEvent(
+                    event="reconnect",
+                    data={"reason": "max_lifetime", "last_event_id": _id_or_none(last_sent)},
+                    id=_id_or_none(last_sent),
+                    retry=RECONNECT_RETRY_MS,
+                )
+                return
+            elif isinstance(update, Item) and update.value.version > last_sent:
+                view: JobView = update.value
+                last_sent = view.version
+                yield ServerSentEvent(event="status", data=view, id=str(view.version))
+    finally:
+        await updates.aclose()  # type: ignore[attr-defined]
+    yield ServerSentEvent(event="end", raw_data="{}")
+
+
+def _id_or_none(version: int) -> str | None:
+    return str(version) if version >= 0 else None

@@ -65,6 +65,8 @@ def serve_url(tmp_path_factory: pytest.TempPathFactory, serve_database: str) -> 
         "database": {"url": serve_database},
         "redis": {"url": SERVE_REDIS},
         "cache": {"enabled": False},
+        # Slow uploads in test_capacity are cut off after 10 s instead of 30.
+        "server": {"slow_body_window_s": 10.0},
         "jobs": {
             "poll_interval_s": 0.5,
             "retry_backoff_s": 0.2,

@@ -4,9 +4,12 @@ Every endpoint gets its bad-input tests here (garbage, truncated audio, oversize
 types); the same contract runs again through the real Serve app in tests/integration.
 """
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from deployments.api import create_app
@@ -240,3 +243,42 @@ def test_health_probes(client: TestClient) -> None:
 def test_unknown_route_and_method_use_the_openai_body(client: TestClient) -> None:
     _assert_openai_error(client.get("/v1/nothing"), 404)
     _assert_openai_error(client.get(TRANSCRIBE), 405)
+
+
+@pytest.mark.parametrize(
+    "raw", [b"\xff\xfe", b"a" * 10_000, b"esc\x1b[2Jcontrol", b"caf\xc3\xa9", b"tab\there"]
+)
+def test_any_request_id_bytes_still_get_an_answer(client: TestClient, raw: bytes) -> None:
+    response = client.get("/healthz", headers={"X-Request-ID": raw})
+    assert response.status_code == 200
+
+
+@pytest.fixture(scope="module")
+def short_window_app(settings: Settings, tiny_engine: WhisperEngine) -> FastAPI:
+    slow = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"slow_body_window_s": 0.5})}
+    )
+    migrate(slow.database_url)
+    runtime = build_job_runtime(slow, nudge=lambda: None)
+    return create_app(build_container(slow, LocalTranscriber(tiny_engine), "tiny.en", runtime))
+
+
+@pytest.mark.parametrize("path", ["/v1/jobs", TRANSCRIBE])
+async def test_a_stalled_upload_is_cut_off_with_408(short_window_app: FastAPI, path: str) -> None:
+    app = short_window_app
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n\r\n'
+        await asyncio.sleep(30)  # the client goes quiet: nothing more arrives
+        yield b"never"
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        async with asyncio.timeout(10):
+            response = await http.post(
+                path,
+                content=stalled(),
+                headers={"content-type": "multipart/form-data; boundary=b"},
+            )
+    assert _assert_openai_error(response, 408)["code"] == "request_timeout"
