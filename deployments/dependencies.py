@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from services.core.db import ping
-from services.core.health import Check, ReadinessService
+from services.core.health import Check, HeldStatus, ReadinessService
 from services.core.settings import Settings
 from services.jobs.service import JobsService
 from services.jobs.wiring import JobRuntime
@@ -29,12 +29,29 @@ class Container:
     readiness: ReadinessService
 
 
+READINESS_TIMEOUT_S = 1.5
+"""Each live check (database, Redis) gets this long, so /readyz answers within 2 s."""
+
+
 def build_container(
-    settings: Settings, transcriber: Transcriber, model_id: str, runtime: JobRuntime
+    settings: Settings,
+    transcriber: Transcriber,
+    model_id: str,
+    runtime: JobRuntime,
+    *,
+    model: Check | None = None,
+    jobs: Check | None = None,
 ) -> Container:
+    """`model` and `jobs` are held states a refresher keeps (the ingress passes them); the
+    probe never calls the model replica. Without `model` the transcriber is in-process
+    (tests, tools) and counts as up; without `jobs` no tracker is reported."""
     optional: dict[str, Check] = {}
     if settings.redis.url is not None:
         optional["redis"] = runtime.cache.ping
+    if jobs is not None:
+        # Reported, not required: submissions are durable and sync traffic works without
+        # the tracker, so its absence must not take the ingress out of rotation.
+        optional["jobs"] = jobs
     return Container(
         settings=settings,
         transcription=TranscriptionService(
@@ -46,8 +63,12 @@ def build_container(
         ),
         jobs=runtime.jobs,
         readiness=ReadinessService(
-            required={"model": transcriber.ready, "database": partial(ping, runtime.sessions)},
+            required={
+                "model": model or HeldStatus(ok=True),
+                "database": partial(ping, runtime.sessions),
+            },
             optional=optional,
+            timeout_s=READINESS_TIMEOUT_S,
         ),
     )
 

@@ -32,6 +32,7 @@ from services.transcription.coalescer import BatchCoalescer
 from services.transcription.engine import WhisperEngine
 from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 from services.transcription.packing import ItemResult, WorkItem, count_windows
+from services.transcription.watchdog import CallWatchdog
 
 log = get_logger(__name__)
 
@@ -71,6 +72,7 @@ class WhisperTranscriber:
         self._engine = WhisperEngine.from_settings(settings)
         self._engine.warm_up()
         self._coalescer = BatchCoalescer(self._run_engine, max_windows=DEFAULT_MAX_BATCH_SIZE)
+        self._watchdog = CallWatchdog(settings.whisper.hung_call_s)
         self._ready = True
         self._stats = {"batches": 0, "items": 0, "windows": 0, "retried": 0, "fallbacks": 0}
         self._windows = Counter(
@@ -100,9 +102,12 @@ class WhisperTranscriber:
         log.info("batching_configured", **config.model_dump())
 
     def check_health(self) -> None:
-        """Cheap by design: never transcribes and never waits behind a batch."""
+        """Cheap by design: never transcribes and never waits behind a batch. Fails when
+        the model is not loaded or one engine call has hung (busy is healthy), so Serve
+        replaces the replica."""
         if not self._ready:
             raise RuntimeError("the model is not loaded")
+        self._watchdog.check()
 
     async def ready(self) -> bool:
         return self._ready
@@ -163,7 +168,8 @@ class WhisperTranscriber:
 
     def _run_engine(self, items: list[WorkItem]) -> list[ItemResult]:
         """One engine call on a worker thread; the coalescer runs one at a time."""
-        results = self._engine.run(items)
+        with self._watchdog.call():
+            results = self._engine.run(items)
         stats = self._engine.last_run
         self._stats["batches"] += 1
         self._stats["items"] += len(items)

@@ -18,7 +18,11 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(readiness: ReadinessServiceDep) -> JSONResponse:
-    """Readiness: 200 when every required dependency (the model) is up, else 503."""
+    """Readiness: 200 when every required check (model, database) is ok, else 503.
+
+    `model` and `jobs` are state the ingress holds (refreshed in the background), so this
+    answers at once under any load; `redis` and `jobs` are reported but never required.
+    """
     result = await readiness.check()
     body = {"status": "ready" if result.ready else "unavailable", **result.checks}
     return JSONResponse(body, status_code=200 if result.ready else 503)

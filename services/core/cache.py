@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections import OrderedDict
@@ -50,6 +51,11 @@ class Cache(Protocol):
     @property
     def shared(self) -> bool:
         """Whether other processes see what this one writes (events cross processes)."""
+        ...
+
+    async def set_if_newer(self, key: str, value: str, version: int, ttl_s: int) -> bool:
+        """Store `value` (a JSON object with a `version` field) unless the stored one is
+        newer; True if stored. Ties overwrite: the same version holds the same state."""
         ...
 
 
@@ -158,6 +164,14 @@ class RedisCache:
         await self._client.aclose()
         await self._subscriber.aclose()
 
+    async def set_if_newer(self, key: str, value: str, version: int, ttl_s: int) -> bool:
+        # Compare and write in one script: two writers cannot interleave between them.
+        async def write() -> bool:
+            stored = await self._client.eval(_SET_IF_NEWER, 1, key, value, str(version), str(ttl_s))
+            return bool(stored)
+
+        return await self._breaker.call(write, False)
+
 
 class MemoryCache:
     """One process's cache: enough for a single ingress; events do not cross processes.
@@ -241,6 +255,39 @@ class MemoryCache:
 
     async def ping(self) -> bool:
         return True
+
+    async def set_if_newer(self, key: str, value: str, version: int, ttl_s: int) -> bool:
+        # One event loop and no await between the read and the write: nothing interleaves.
+        current = await self.get(key)
+        if current is not None and _version_of(current) > version:
+            return False
+        await self.set(key, value, ttl_s)
+        return True
+
+
+# KEYS[1]: the key; ARGV: value, its version, TTL in seconds. An unreadable stored value
+# counts as older, so a corrupt entry is replaced rather than kept forever.
+_SET_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, decoded = pcall(cjson.decode, current)
+  if ok and type(decoded) == 'table' and tonumber(decoded['version'])
+     and tonumber(decoded['version']) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
+
+def _version_of(value: str) -> int:
+    """The `version` of a stored JSON object; -1 when it has none (it is then replaced)."""
+    try:
+        decoded = json.loads(value)
+        return int(decoded["version"]) if isinstance(decoded, dict) else -1
+    except (ValueError, KeyError, TypeError):
+        return -1
 
 
 def create_cache(

@@ -2,7 +2,11 @@
 
 SQLite is shared by several processes (ingress replicas, the job tracker), so it runs in
 WAL mode with a busy timeout. A database that cannot be reached is an `UnavailableError`
-(503 with Retry-After), never a 500.
+(503 with Retry-After), never a 500; a pool with no free connection within
+`connect_timeout_s` is an `OverloadedError` (503 `overloaded` with Retry-After).
+
+`pool_size` is a hard cap per process (no overflow connections): the number an operator
+multiplies by the process count to size PostgreSQL's `max_connections`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,10 +27,11 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from services.core.errors import UnavailableError
+from services.core.errors import OverloadedError, UnavailableError
 from services.core.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+POOL_FULL_RETRY_AFTER_S = 2
 
 
 class Base(DeclarativeBase):
@@ -42,6 +48,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         url,
         pool_size=settings.database.pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
         pool_timeout=settings.database.connect_timeout_s,
         connect_args={"timeout": settings.database.connect_timeout_s},
@@ -78,6 +85,11 @@ async def transaction(
         async with sessions() as session, session.begin():
             yield session
     except Exception as exc:
+        if isinstance(exc, PoolTimeoutError):  # every connection busy: load, not an outage
+            raise OverloadedError(
+                "Every database connection is busy; retry shortly.",
+                retry_after_s=POOL_FULL_RETRY_AFTER_S,
+            ) from exc
         if is_unavailable(exc):
             raise UnavailableError(
                 "The job database is unavailable; retry shortly.", retry_after_s=5

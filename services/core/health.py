@@ -2,11 +2,19 @@
 
 A required check that fails makes the service unready (503); an optional one is only
 reported, so a degraded dependency (a cache) never takes the service out of rotation.
+
+Checks that would cost a remote call on the probe's path (the model replica, the job
+tracker) are `HeldStatus`es instead: a `Refresher` updates them on background threads and
+the probe only reads them, so readiness answers at once however loaded the service is and
+never waits in the transcription queue. A held value older than its `max_age_s` counts as
+down: a refresher that hangs must not keep reporting the last good news.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,6 +23,7 @@ from services.core.logging import get_logger
 log = get_logger(__name__)
 
 Check = Callable[[], Awaitable[bool]]
+Probe = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -49,3 +58,72 @@ class ReadinessService:
             log.warning("readiness_check_failed", check=name, error=repr(exc))
             return "down"
         return "ok" if ok else "down"
+
+
+class HeldStatus:
+    """A check answered from a value someone else keeps up to date; usable as a `Check`."""
+
+    def __init__(
+        self,
+        *,
+        ok: bool = False,
+        max_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._max_age_s = max_age_s
+        self._ok = ok
+        self._at = clock()
+
+    def set(self, ok: bool) -> None:
+        # Two plain assignments: a reader on another thread sees an old or a new value,
+        # and an old timestamp only makes it look staler, never healthier.
+        self._at = self._clock()
+        self._ok = ok
+
+    @property
+    def ok(self) -> bool:
+        if self._max_age_s is not None and self._clock() - self._at > self._max_age_s:
+            return False
+        return self._ok
+
+    async def __call__(self) -> bool:
+        return self.ok
+
+
+class Refresher:
+    """Runs blocking probes every `interval_s`, each on a daemon thread of its own (a hung
+    probe stalls only itself, and its status goes stale), recording each in its status."""
+
+    def __init__(self, probes: dict[str, tuple[HeldStatus, Probe]], *, interval_s: float) -> None:
+        self._probes = probes
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._last: dict[str, bool] = {}
+
+    def refresh_once(self, name: str) -> bool:
+        status, probe = self._probes[name]
+        error = None
+        try:
+            ok = bool(probe())
+        except Exception as exc:
+            ok, error = False, repr(exc)
+        if ok != self._last.get(name):  # log changes, not every refresh of a long outage
+            (log.info if ok else log.warning)("health_changed", probe=name, ok=ok, error=error)
+        self._last[name] = ok
+        status.set(ok)
+        return ok
+
+    def start(self) -> None:
+        for name in self._probes:
+            threading.Thread(
+                target=self._run, args=(name,), name=f"health-{name}", daemon=True
+            ).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self, name: str) -> None:
+        while not self._stop.is_set():
+            self.refresh_once(name)
+            self._stop.wait(self._interval_s)

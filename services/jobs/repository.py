@@ -8,7 +8,7 @@ Claiming uses `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers 
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, tuple_, update
@@ -96,6 +96,21 @@ class JobRepository:
         )
         next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
         return rows[:limit], next_cursor
+
+    async def lock(self, job_id: str) -> Job | None:
+        """The job, locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
+        return await self.session.scalar(
+            select(Job)
+            .where(Job.id == job_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+
+    async def get_many(self, job_ids: list[str]) -> list[Job]:
+        rows = await self.session.scalars(
+            select(Job).where(Job.id.in_(job_ids)).execution_options(populate_existing=True)
+        )
+        return list(rows)
 
     async def chunks(self, job_id: str) -> dict[int, dict[str, Any]]:
         rows = await self.session.scalars(select(JobChunk).where(JobChunk.job_id == job_id))
@@ -374,12 +389,28 @@ class JobRepository:
 
 
 def encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    raw = f"{_naive_utc(job.created_at).isoformat()}|{job.id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError for anything that is not a cursor this API handed out."""
-    padded = cursor + "=" * (-len(cursor) % 4)
-    created_at, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-    return datetime.fromisoformat(created_at), job_id
+    """Raises ValueError for anything that is not a cursor this API handed out.
+
+    Rows hold naive UTC; a cursor whose timestamp carries an offset (made elsewhere, or by
+    a client) is converted to that, so it compares correctly on PostgreSQL and SQLite.
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        moment = _naive_utc(datetime.fromisoformat(created_at))
+    except (ValueError, UnicodeError, OverflowError, TypeError) as exc:
+        raise ValueError(f"not a cursor: {cursor[:40]!r}") from exc
+    if not job_id or len(job_id) > 36:
+        raise ValueError(f"not a cursor: {cursor[:40]!r}")
+    return moment, job_id
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, BinaryIO
@@ -29,7 +29,7 @@ from services.core.storage import AudioStorage, StoredAudio
 from services.jobs.models import ACTIVE, FINISHED, Job, JobPage, JobStatus, JobView
 from services.jobs.repository import JobRepository, decode_cursor
 from services.jobs.sweeper import Sweeper, SweepReport
-from services.transcription.audio import FileTooLargeError, probe_audio
+from services.transcription.audio import AudioTooLongError, FileTooLargeError, probe_audio
 from services.transcription.models import (
     ResponseFormat,
     Task,
@@ -108,6 +108,15 @@ class JobsService:
                 "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
             )
         info = await asyncio.to_thread(probe_audio, upload)  # refuses what decoding would
+        declared = info.declared_duration_s
+        if declared is not None and declared > self._settings.max_duration_s:
+            # Refused before storing: the header's claim is enough to say no. A header that
+            # understates is caught by the decode-time cap when the job runs.
+            raise AudioTooLongError(
+                f"The audio declares {declared:.1f} s; jobs accept at most "
+                f"{self._settings.max_duration_s:g} s.",
+                param="file",
+            )
         upload.seek(0)
         stored = await self._storage.save(upload)
         try:
@@ -192,11 +201,12 @@ class JobsService:
         _check_id(job_id)
         shared = self._cache.shared
         cached = await self._cache.get(STATUS_KEY.format(job_id)) if shared else None
-        view = JobView.model_validate_json(cached) if cached else await self._read(job_id)
-        if shared and not cached:
-            await self._cache.set(
-                STATUS_KEY.format(job_id), view.model_dump_json(), self._status_ttl_s
-            )
+        if cached:
+            view = JobView.model_validate_json(cached)
+        else:
+            view = await self._read(job_id)
+            if shared:  # a change committed since our read has a higher version and wins
+                await self._cache_view(view)
         if owner is not None and view.owner != owner:
             raise _not_found(job_id)
         return view
@@ -251,7 +261,7 @@ class JobsService:
         if cursor is not None:
             try:
                 decode_cursor(cursor)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except ValueError as exc:
                 raise InvalidRequestError(
                     "cursor is not one this API returned.", param="cursor"
                 ) from exc
@@ -264,14 +274,21 @@ class JobsService:
     # -- cancel and retention -------------------------------------------------------------
 
     async def cancel_or_delete(self, job_id: str, owner: str | None) -> JobView:
-        """Cancel an active job; on a finished one delete its audio and result. Idempotent."""
-        view = await self.get(job_id, owner)
+        """Cancel an active job; on a finished one delete its audio and result. Idempotent.
+
+        Which of the two is decided from the row, locked in this transaction, never from the
+        status cache: a stale cached "succeeded" must not turn a cancel into an erase.
+        """
+        _check_id(job_id)
         audio_key = None
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)
-            if view.status in ACTIVE and await repo.cancel(job_id, utcnow()):
+            job = await repo.lock(job_id)
+            if job is None or (owner is not None and job.owner != owner):
+                raise _not_found(job_id)
+            if job.status in ACTIVE and await repo.cancel(job_id, utcnow()):
                 log.info("job_cancelled", job_id=job_id)
-            else:
+            else:  # finished (or it finished before our compare-and-set): erase its data
                 audio_key = await repo.forget_data(job_id, utcnow())
             job = await repo.get(job_id)
             assert job is not None
@@ -303,10 +320,29 @@ class JobsService:
         """After a committed change: refresh the status cache, publish the event."""
         if self._cache.shared:
             payload = view.model_dump_json()
-            await self._cache.set(STATUS_KEY.format(view.id), payload, self._status_ttl_s)
+            await self._cache_view(view, payload)
             await self._cache.publish(EVENTS_CHANNEL.format(view.id), payload)
         if view.status is JobStatus.QUEUED:
             self._nudge()
+
+    async def refresh(self, job_ids: Sequence[str]) -> None:
+        """After a change made in bulk (the tracker's requeues): re-read those jobs and
+        announce each as `changed` would, so no cached status outlives the change."""
+        if not job_ids:
+            return
+        async with transaction(self._sessions) as session:
+            jobs = await JobRepository(session).get_many(list(job_ids))
+        for job in jobs:
+            await self.changed(JobView.of(job))
+
+    async def _cache_view(self, view: JobView, payload: str | None = None) -> None:
+        """Cache `view` unless the cache already holds a newer version of the job."""
+        await self._cache.set_if_newer(
+            STATUS_KEY.format(view.id),
+            payload or view.model_dump_json(),
+            view.version,
+            self._status_ttl_s,
+        )
 
     async def events(self, job_id: str, owner: str | None) -> AsyncIterator[JobView]:
         """Status changes of one job until it finishes: pub/sub when shared, else polling.
@@ -334,7 +370,8 @@ class JobsService:
                 else:
                     await asyncio.sleep(EVENT_POLL_S)
                     current = await self._read(job_id)
-                if current != last:
+                # Messages may arrive out of order (two writers): never step back in time.
+                if current != last and current.version >= last.version:
                     last = current
                     yield current
         finally:
