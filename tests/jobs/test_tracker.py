@@ -130,6 +130,11 @@ class LeaseRecorder:
 async def test_two_trackers_share_a_database_without_stealing(env_factory: Factory) -> None:
     """A rolling deploy: green starts while blue runs, then blue dies without a word."""
     env: JobsEnv = await env_factory(start=False, lease_s=3, max_concurrent=2)
+    async with asyncio.timeout(90):
+        await _rolling_deploy(env)
+
+
+async def _rolling_deploy(env: JobsEnv) -> None:
     ids = await submit_all(env, 24)
     wakes = {"blue": asyncio.Event(), "green": asyncio.Event()}
     recorders: dict[str, LeaseRecorder] = {}
