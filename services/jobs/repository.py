@@ -8,7 +8,7 @@ Claiming uses `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -275,16 +275,29 @@ class JobRepository:
         return failed
 
     async def claim(
-        self, *, model: str, epoch: int, limit: int, now: datetime, lease_s: float
+        self,
+        *,
+        model: str,
+        epoch: int,
+        limit: int,
+        now: datetime,
+        lease_s: float,
+        exclude: Collection[str] = (),
     ) -> list[Job]:
         """Atomically move up to `limit` due jobs from queued to running under `epoch`.
 
         `epoch` is an incarnation's token; the lease also names its tracker (`lease_owner`),
-        so that tracker's next incarnation can take it over at once.
+        so that tracker's next incarnation can take it over at once. `exclude` are jobs the
+        caller still winds down (just requeued): claimed now, nobody would run them.
         """
         due = (
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.model == model, Job.next_attempt_at <= now)
+            .where(
+                Job.status == JobStatus.QUEUED,
+                Job.model == model,
+                Job.next_attempt_at <= now,
+                Job.id.not_in(list(exclude)),
+            )
             .order_by(Job.created_at)
             .limit(limit)
         )

@@ -166,6 +166,7 @@ class JobRunner:
                 limit=max(slots, 0),
                 now=now,
                 lease_s=self._settings.lease_s,
+                exclude=list(self.running),
             ) if slots > 0 else []  # fmt: skip
         for job_id in changed:
             log.info("job_taken_over_or_failed", job_id=job_id)
