@@ -1,13 +1,14 @@
 """Every SQL statement about jobs. Services never commit: the caller owns the transaction.
 
 State changes are compare-and-set: an UPDATE names the state it expects (and, for the
-tracker, the epoch that holds the lease), so a late or stale writer changes nothing.
+tracker, the lease token that holds the job), so a late or stale writer changes nothing.
 Claiming uses `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers anyway.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.jobs.failures import ATTEMPTS_EXHAUSTED, LOST_EVERY_ATTEMPT, MODEL_NOT_SERVED
 from services.jobs.models import (
     ACTIVE,
     FINISHED,
@@ -237,28 +239,67 @@ class JobRepository:
         assert token is not None
         return int(token)
 
-    async def requeue_lost(self, *, model: str, epoch: int, now: datetime) -> int:
-        """Take over leases of other incarnations and expired ones: requeue their jobs.
+    async def stop_incarnation(self, *, token: int, now: datetime) -> None:
+        """A clean stop: the incarnation no longer counts as serving its model."""
+        await self.session.execute(
+            update(TrackerIncarnation)
+            .where(TrackerIncarnation.token == token)
+            .values(stopped_at=now, heartbeat_at=now)
+        )
 
-        A job that already used all its attempts fails instead of looping forever.
+    async def heartbeat(
+        self, *, token: int, job_ids: list[str], until: datetime, now: datetime
+    ) -> None:
+        """The incarnation is alive (its model is served) and keeps its jobs' leases."""
+        await self.session.execute(
+            update(TrackerIncarnation)
+            .where(TrackerIncarnation.token == token)
+            .values(heartbeat_at=now)
+        )
+        if job_ids:
+            await self.renew(epoch=token, job_ids=job_ids, until=until)
+
+    async def forget_incarnations(self, *, before: datetime) -> int:
+        """Delete rows of incarnations silent since `before` (their leases expired long ago)."""
+        deleted = await self.session.execute(
+            delete(TrackerIncarnation)
+            .where(TrackerIncarnation.heartbeat_at < before)
+            .returning(TrackerIncarnation.token)
+        )
+        return len(deleted.all())
+
+    async def requeue_lost(self, *, name: str, token: int, now: datetime) -> list[str]:
+        """Take over lost leases: requeue their jobs; returns the ids of the jobs changed.
+
+        A lease is lost when it expired (whichever tracker and model held it) or when it
+        belongs to an earlier incarnation of this same tracker, which is dead: that one is
+        taken over at once. Another live tracker's leases are never touched. A job that
+        already used all its attempts fails instead of looping forever: a tracker that died
+        while running it may have died of it.
         """
         lost = and_(
             Job.status == JobStatus.RUNNING,
-            Job.model == model,
-            or_(Job.lease_epoch.is_(None), Job.lease_epoch != epoch, Job.lease_expires_at < now),
+            or_(
+                Job.lease_epoch.is_(None),
+                Job.lease_expires_at.is_(None),
+                Job.lease_expires_at < now,
+                and_(Job.lease_owner == name, Job.lease_epoch < token),
+            ),
         )
-        await self.session.execute(
+        failed = await self.session.execute(
             update(Job)
             .where(lost, Job.attempts >= Job.max_attempts)
             .values(
                 version=Job.version + 1,
                 status=JobStatus.FAILED,
-                error="the job was interrupted on every attempt",
+                error=LOST_EVERY_ATTEMPT,
+                error_code=ATTEMPTS_EXHAUSTED,
                 finished_at=now,
                 updated_at=now,
                 lease_epoch=None,
                 lease_expires_at=None,
             )
+            .returning(Job.id)
         )
         requeued = await self.session.execute(
             update(Job)
@@ -273,28 +314,97 @@ class JobRepository:
             )
             .returning(Job.id)
         )
-        return len(requeued.all())
+        return [row[0] for row in failed.all()] + [row[0] for row in requeued.all()]
+
+    async def fail_unserved(
+        self,
+        *,
+        served_model: str,
+        grace_s: float,
+        message: Callable[[str, float], str],
+        now: datetime,
+    ) -> list[str]:
+        """Fail queued jobs of models no tracker has served for `grace_s`; returns their ids.
+
+        A model is served while an incarnation for it heartbeats; a job must also have
+        waited `grace_s` itself (since it was queued or last requeued), so a rolling deploy
+        that briefly has no tracker loses nothing. `message(model, grace_s)` is the error.
+        """
+        since = now - timedelta(seconds=grace_s)
+        served = (
+            select(TrackerIncarnation.token)
+            .where(
+                TrackerIncarnation.model == Job.model,
+                TrackerIncarnation.heartbeat_at >= since,
+                TrackerIncarnation.stopped_at.is_(None),
+            )
+            .exists()
+        )
+        stale = select(Job.id, Job.model).where(
+            Job.status == JobStatus.QUEUED,
+            Job.model != served_model,
+            Job.updated_at < since,
+            ~served,
+        )
+        failed: list[str] = []
+        for job_id, model in (await self.session.execute(stale)).all():
+            if await self._compare_and_set(
+                and_(Job.id == job_id, Job.status == JobStatus.QUEUED),
+                status=JobStatus.FAILED,
+                error=message(model, grace_s),
+                error_code=MODEL_NOT_SERVED,
+                finished_at=now,
+                updated_at=now,
+            ):
+                failed.append(job_id)
+        return failed
 
     async def claim(
-        self, *, model: str, epoch: int, limit: int, now: datetime, lease_s: float
+        self,
+        *,
+        model: str,
+        epoch: int,
+        limit: int,
+        now: datetime,
+        lease_s: float,
+        exclude: Collection[str] = (),
     ) -> list[Job]:
-        """Atomically move up to `limit` due jobs from queued to running under `epoch`."""
+        """Atomically move up to `limit` due jobs from queued to running under `epoch`.
+
+        `epoch` is an incarnation's token; the lease also names its tracker (`lease_owner`),
+        so that tracker's next incarnation can take it over at once. `exclude` are jobs the
+        caller still winds down (just requeued): claimed now, nobody would run them.
+        """
         due = (
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, Job.model == model, Job.next_attempt_at <= now)
+            .where(
+                Job.status == JobStatus.QUEUED,
+                Job.model == model,
+                Job.next_attempt_at <= now,
+                Job.id.not_in(list(exclude)),
+            )
             .order_by(Job.created_at)
             .limit(limit)
         )
         if self._postgres:
             due = due.with_for_update(skip_locked=True)
+        # Materialised: inlined, PostgreSQL may run the subquery more than once, and with
+        # SKIP LOCKED each run picks other rows, so one claim could take more than `limit`.
+        chosen = due.cte("due").prefix_with("MATERIALIZED", dialect="postgresql")
+        owner = (
+            select(TrackerIncarnation.name)
+            .where(TrackerIncarnation.token == epoch)
+            .scalar_subquery()
+        )
         claimed = await self.session.scalars(
             update(Job)
-            .where(Job.id.in_(due.scalar_subquery()), Job.status == JobStatus.QUEUED)
+            .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
             .values(
                 version=Job.version + 1,
                 status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
                 lease_epoch=epoch,
+                lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_s),
                 started_at=func.coalesce(Job.started_at, now),
                 updated_at=now,
@@ -364,6 +474,7 @@ class JobRepository:
             now,
             status=JobStatus.SUCCEEDED,
             error=None,
+            error_code=None,
             audio_duration_s=duration_s,
             finished_at=now,
         ):
@@ -375,16 +486,45 @@ class JobRepository:
         )
         return True
 
-    async def fail(self, *, job_id: str, epoch: int, error: str, now: datetime) -> bool:
+    async def fail(self, *, job_id: str, epoch: int, error: str, code: str, now: datetime) -> bool:
         return await self._leave(
-            job_id, epoch, now, status=JobStatus.FAILED, error=error, finished_at=now
+            job_id,
+            epoch,
+            now,
+            status=JobStatus.FAILED,
+            error=error,
+            error_code=code,
+            finished_at=now,
         )
 
     async def retry_later(
-        self, *, job_id: str, epoch: int, error: str, at: datetime, now: datetime
+        self, *, job_id: str, epoch: int, error: str, code: str, at: datetime, now: datetime
     ) -> bool:
+        """running -> queued after a failure that used up an attempt; it shows until then."""
         return await self._leave(
-            job_id, epoch, now, status=JobStatus.QUEUED, error=error, next_attempt_at=at
+            job_id,
+            epoch,
+            now,
+            status=JobStatus.QUEUED,
+            error=error,
+            error_code=code,
+            next_attempt_at=at,
+        )
+
+    async def interrupted(self, *, job_id: str, epoch: int, at: datetime, now: datetime) -> bool:
+        """running -> queued after an interruption (overload, replica restart).
+
+        `claim` counted an attempt when it started; an interruption is not the job's fault,
+        so the attempt is given back and `interruptions` counts it instead.
+        """
+        return await self._leave(
+            job_id,
+            epoch,
+            now,
+            status=JobStatus.QUEUED,
+            attempts=Job.attempts - 1,
+            interruptions=Job.interruptions + 1,
+            next_attempt_at=at,
         )
 
 

@@ -1,13 +1,16 @@
 """What the job tracker does: claim jobs, run them chunk by chunk, record the outcome.
 
-PostgreSQL is the source of truth; the runner only coordinates. At start it takes a new
-epoch (fencing number) and takes over the leases of its previous incarnation at once.
-Every state change is compare-and-set on (status, epoch), so a runner that lost its lease
-(it was presumed dead, the job was cancelled) can no longer change the job: its late
-result is discarded. Transcribing twice after a crash is possible; two results are not.
+PostgreSQL is the source of truth; the runner only coordinates. Each start is a new
+incarnation with a lease token unique across every tracker (fencing). The runner takes
+over its own earlier incarnations' leases at once, and any other tracker's only once they
+expired, so two trackers can share a database (a rolling deploy) without stealing each
+other's jobs. Every state change is compare-and-set on (status, token), so a runner that
+lost its lease (presumed dead, or the job was cancelled) can no longer change the job: its
+late result is discarded. Transcribing twice after a crash is possible; two results are not.
 
-Chunks of long audio are stored as they finish, so a retry resumes where the last attempt
-stopped, and `progress` counts them.
+Overload and replica restarts are interruptions, not failures: the job waits with capped
+backoff and keeps its attempts. Chunks of long audio are stored as they finish, so a retry
+resumes where the last attempt stopped, and `progress` counts them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from datetime import timedelta
 
 import structlog
@@ -26,6 +30,7 @@ from services.core.errors import ServiceError
 from services.core.logging import get_logger
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage
+from services.jobs import failures
 from services.jobs.models import Job, JobView
 from services.jobs.repository import JobRepository
 from services.jobs.service import JobsService
@@ -46,6 +51,8 @@ from services.transcription.service import Transcriber
 log = get_logger(__name__)
 
 PURGE_INTERVAL_S = 60.0
+INCARNATION_MEMORY_S = 7 * 24 * 3600.0
+"""Rows of incarnations silent this long are deleted (their leases expired long ago)."""
 
 
 class LeaseLostError(Exception):
@@ -60,7 +67,7 @@ class AudioMissingError(ServiceError):
 
 def is_permanent(exc: BaseException) -> bool:
     """A client-side problem (bad audio): retrying cannot help."""
-    return isinstance(exc, ServiceError) and 400 <= exc.status_code < 500
+    return failures.describe(exc).permanent
 
 
 def job_transcription_options(job: Job) -> TranscriptionOptions:
@@ -96,27 +103,37 @@ class JobRunner:
         self._settings = settings
         self._model_id = model_id
         self.epoch = 0
+        """This incarnation's lease token (`tracker_incarnations.token`)."""
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.loop_at: float | None = None
+        """`time.monotonic()` of the loop's last turn: a stuck loop shows here."""
         self._last_purge = float("-inf")
 
     async def start(self) -> None:
-        """Take a new epoch and take over every lease of earlier incarnations at once."""
+        """Take a new token and take over every lease of earlier incarnations at once."""
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)
             self.epoch = await repo.start_incarnation(
                 name=self.name, model=self._model_id, now=utcnow()
             )
-            requeued = await repo.requeue_lost(model=self._model_id, epoch=self.epoch, now=utcnow())
-        log.info("tracker_started", tracker=self.name, epoch=self.epoch, requeued=requeued)
+            requeued = await repo.requeue_lost(name=self.name, token=self.epoch, now=utcnow())
+        log.info("tracker_started", tracker=self.name, epoch=self.epoch, requeued=len(requeued))
+        for job_id in requeued:
+            await self._publish(job_id)
 
     async def run_forever(self, wake: asyncio.Event) -> None:
+        """Poll until cancelled. Returns only by raising: the caller treats that as fatal."""
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
             while True:
+                self.loop_at = time.monotonic()
+                if heartbeat.done():  # it never ends by itself: a bug, so die loudly
+                    heartbeat.result()
+                    raise RuntimeError("the heartbeat stopped")
                 try:
                     await self.tick()
                 except Exception as exc:  # the database may be down: keep polling
-                    log.warning("tracker_tick_failed", error=repr(exc))
+                    log.warning("tracker_tick_failed", error=repr(exc), exc_info=True)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), self._settings.poll_interval_s)
                 wake.clear()
@@ -125,20 +142,35 @@ class JobRunner:
             for task in self.running.values():
                 task.cancel()
 
+    async def stop(self) -> None:
+        """A clean stop: the incarnation no longer counts as serving its model."""
+        async with transaction(self._sessions) as session:
+            await JobRepository(session).stop_incarnation(token=self.epoch, now=utcnow())
+
     async def tick(self) -> None:
-        """Requeue lost jobs, purge expired data, claim what there is room for."""
+        """Requeue lost jobs, fail unserved ones, purge expired data, claim what fits."""
         now = utcnow()
         slots = self._settings.max_concurrent - len(self.running)
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)
-            await repo.requeue_lost(model=self._model_id, epoch=self.epoch, now=now)
+            changed = await repo.requeue_lost(name=self.name, token=self.epoch, now=now)
+            changed += await repo.fail_unserved(
+                served_model=self._model_id,
+                grace_s=self._settings.model_grace_s,
+                message=failures.model_not_served,
+                now=now,
+            )
             claimed = await repo.claim(
                 model=self._model_id,
                 epoch=self.epoch,
                 limit=max(slots, 0),
                 now=now,
                 lease_s=self._settings.lease_s,
+                exclude=list(self.running),
             ) if slots > 0 else []  # fmt: skip
+        for job_id in changed:
+            log.info("job_taken_over_or_failed", job_id=job_id)
+            await self._publish(job_id)
         for job in claimed:
             await self._jobs.changed(JobView.of(job))
             if job.id not in self.running:
@@ -147,27 +179,36 @@ class JobRunner:
         if loop_now - self._last_purge > self._settings.sweep_interval_s:
             self._last_purge = loop_now
             await self._jobs.purge_expired()
+            async with transaction(self._sessions) as session:
+                await JobRepository(session).forget_incarnations(
+                    before=now - timedelta(seconds=INCARNATION_MEMORY_S)
+                )
 
     async def drain(self) -> None:
         """Wait for the jobs in flight (tests and graceful stops)."""
         while self.running:
             await asyncio.gather(*self.running.values(), return_exceptions=True)
 
+    def heartbeat_interval_s(self) -> float:
+        """Often enough to keep leases and to show the model served well within its grace."""
+        return min(self._settings.lease_s, self._settings.model_grace_s) / 3
+
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self._settings.lease_s / 3)
-            if not self.running:
-                continue
-            until = utcnow() + timedelta(seconds=self._settings.lease_s)
+            await asyncio.sleep(self.heartbeat_interval_s())
+            now = utcnow()
+            until = now + timedelta(seconds=self._settings.lease_s)
             try:
                 async with transaction(self._sessions) as session:
-                    await JobRepository(session).renew(
-                        epoch=self.epoch, job_ids=list(self.running), until=until
+                    await JobRepository(session).heartbeat(
+                        token=self.epoch, job_ids=list(self.running), until=until, now=now
                     )
             except Exception as exc:
                 log.warning("heartbeat_failed", error=repr(exc))
 
     async def _run(self, job: Job) -> None:
+        if job.chunk_s is None:  # a row from before jobs stored their own chunk length
+            job.chunk_s = self._settings.chunk_s
         with structlog.contextvars.bound_contextvars(job_id=job.id, attempt=job.attempts):
             try:
                 transcript = await self._transcribe(job)
@@ -175,7 +216,10 @@ class JobRunner:
             except LeaseLostError:
                 log.info("job_left", reason="cancelled or lease lost")
             except Exception as exc:
-                await self._failed(job, exc)
+                if failures.is_interruption(exc):
+                    await self._interrupted(job, exc)
+                else:
+                    await self._failed(job, exc)
             finally:
                 self.running.pop(job.id, None)
 
@@ -241,28 +285,64 @@ class JobRunner:
         log.info("job_succeeded", audio_s=round(transcript.duration_s, 1))
         await self._publish(job.id)
 
-    async def _failed(self, job: Job, exc: Exception) -> None:
+    async def _interrupted(self, job: Job, exc: Exception) -> None:
+        """Overload or a replica restart: wait with capped backoff; attempts are kept."""
         now = utcnow()
-        permanent = is_permanent(exc)
-        message = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+        exponent = min(job.interruptions or 0, 30)
+        delay = min(
+            self._settings.interruption_backoff_max_s,
+            self._settings.retry_backoff_s * 2**exponent,
+        )
+        try:
+            async with transaction(self._sessions) as session:
+                await JobRepository(session).interrupted(
+                    job_id=job.id, epoch=self.epoch, at=now + timedelta(seconds=delay), now=now
+                )
+        except Exception as db_exc:  # the lease will expire and the job be requeued
+            log.warning("job_outcome_not_recorded", error=repr(db_exc))
+            return
+        log.info(
+            "job_interrupted",
+            reason=getattr(exc, "code", type(exc).__name__),
+            delay_s=delay,
+            interruptions=(job.interruptions or 0) + 1,
+        )
+        await self._publish(job.id)
+
+    async def _failed(self, job: Job, exc: Exception) -> None:
+        """Store a code and a safe message; the exception itself goes to the log only."""
+        now = utcnow()
+        failure = failures.describe(exc, audio_key=job.audio_key)
+        final = failure.permanent or job.attempts >= job.max_attempts
+        if final and not failure.permanent:
+            failure = failures.gave_up(failure, job.attempts)
+        log.warning(
+            "job_failed" if final else "job_retry_scheduled",
+            code=failure.code,
+            error=repr(exc),
+            exc_info=exc if not isinstance(exc, ServiceError) else None,
+        )
         try:
             async with transaction(self._sessions) as session:
                 repo = JobRepository(session)
-                if permanent or job.attempts >= job.max_attempts:
-                    if not permanent:
-                        message = f"gave up after {job.attempts} attempts: {message}"
-                    await repo.fail(job_id=job.id, epoch=self.epoch, error=message, now=now)
-                    log.warning("job_failed", error=message, permanent=permanent)
+                if final:
+                    await repo.fail(
+                        job_id=job.id,
+                        epoch=self.epoch,
+                        error=failure.message,
+                        code=failure.code,
+                        now=now,
+                    )
                 else:
                     delay = self._settings.retry_backoff_s * 2 ** (job.attempts - 1)
                     await repo.retry_later(
                         job_id=job.id,
                         epoch=self.epoch,
-                        error=message,
+                        error=failure.message,
+                        code=failure.code,
                         at=now + timedelta(seconds=delay),
                         now=now,
                     )
-                    log.warning("job_retry_scheduled", error=message, delay_s=delay)
         except Exception as db_exc:  # the lease will expire and the job be requeued
             log.warning("job_outcome_not_recorded", error=repr(db_exc))
             return
