@@ -128,7 +128,7 @@ def build(
     cursor, turn = 0.5, 0
     for block in [*anchored, []]:
         limit = block[0].start_s - gap_s if block else duration_s - 0.5
-        while True:
+        while fillers:
             c = fillers[turn % len(fillers)]
             if cursor + _length(c) > limit:
                 break

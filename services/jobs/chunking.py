@@ -114,7 +114,7 @@ class Chunker:
         self._blocks = blocks
         self._plan = plan
         self._known = [(samples(end), samples(start)) for end, start in known]
-        self.find_speech = find_speech
+        self._speech = speech
         self._held: Waveform = np.zeros(0, dtype=np.float32)
         self._held_start = 0
         self._ended = False
@@ -175,7 +175,7 @@ class Chunker:
         plan = self._plan
         low = max(start + 1, nominal - plan.search)
         base = self._held_start
-        spans = self.find_speech(self._held[low - base : nominal - base])
+        spans = self._speech(self._held[low - base : nominal - base])
         cut = pause_cut([(s + low, e + low) for s, e in spans], low, nominal, plan.min_pause)
         if cut is not None:
             return cut, cut
