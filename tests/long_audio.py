@@ -81,11 +81,13 @@ _TRIMMED: dict[Path, np.ndarray] = {}
 def trimmed(clip: Clip) -> np.ndarray:
     """The clip without its leading and trailing silence (by VAD, as the service hears it)."""
     if clip.path not in _TRIMMED:
-        from services.transcription.engine import speech_spans
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         audio = decode_audio(clip.path, max_duration_s=600)
-        spans = speech_spans(audio)
-        _TRIMMED[clip.path] = audio[spans[0][0] : spans[-1][1]].copy()
+        spans = get_speech_timestamps(
+            audio, VadOptions(min_silence_duration_ms=100, speech_pad_ms=30)
+        )
+        _TRIMMED[clip.path] = audio[spans[0]["start"] : spans[-1]["end"]].copy()
     return _TRIMMED[clip.path]
 
 

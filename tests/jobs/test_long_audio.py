@@ -123,7 +123,8 @@ def _check_sentences(
             f"{h.retention:.0%} of its words (elsewhere in the file: "
             f"{', '.join(f'{r:.0%}' for r in elsewhere) or 'not placed'}); doubled: {h.doubled}"
         )
-        assert h.retention >= 0.9, (h.placed, h.retention)
+        # At least 90 %, or as much as the model hears of the same sentence elsewhere.
+        assert h.retention >= min(0.9, *elsewhere), (h.placed, h.retention)
         assert not h.doubled, (h.placed, h.doubled)
     job_wer = word_error_rate(recording.text, verbose["text"])
     alone = " ".join(short_texts[p.clip.name] for p in recording.placed)
@@ -159,8 +160,9 @@ async def test_sentences_across_chunk_boundaries_keep_their_words(
 async def test_twenty_minutes_with_default_chunks(
     env_factory: Factory, tmp_path: Path, short_texts: dict[str, str]
 ) -> None:
-    """The issue's case: 300 s chunks, a sentence on each 300 s mark; no pause near 600 s."""
-    widths = [0, 40, 0]
+    """The issue's case: 300 s chunks, a sentence on each 300 s mark; no pause near 600 s
+    (for 80 s either side: cuts move earlier than the marks, so the search window is there)."""
+    widths = [0, 80, 0]
     recording = build(1200, [300.0, 600.0, 900.0], no_pause_s=widths)
     path = recording.write_flac(tmp_path / "twenty.flac")
     env: JobsEnv = await env_factory(min_pause_s=0.5)
@@ -173,6 +175,7 @@ async def test_twenty_minutes_with_default_chunks(
     cuts = await _cut_points(env, job_id)
     report(f"20 min, 300 s chunks: boundaries (end, next start) {cuts}")
     _check_cuts(recording, cuts, search_s=30, min_pause_s=0.5)
+    assert {end == start for end, start in cuts} == {True, False}  # both kinds of boundary
     _check_sentences(recording, verbose, short_texts, "20 min, 300 s chunks")
 
 
@@ -289,9 +292,15 @@ async def test_two_hours_with_bounded_tracker_memory(env_factory: Factory, tmp_p
     assert mean >= 0.9
     poor = [(h.placed.start_s, h.retention, h.doubled) for h in heard if h.retention < 0.5]
     assert not poor  # each sentence is found where it was said
+    # The sentences on the 300 s marks come out like the same sentences elsewhere.
     on_marks = [h for h in heard if round((h.placed.start_s + h.placed.end_s) / 2) % 300 == 0]
     assert len(on_marks) == 23
-    assert all(h.retention >= 0.9 and not h.doubled for h in on_marks), on_marks
+    for h in on_marks:
+        elsewhere = [
+            o.retention for o in heard if o.placed.clip == h.placed.clip and o not in on_marks
+        ]
+        assert h.retention >= min(0.9, *elsewhere), (h.placed, h.retention, elsewhere)
+        assert not h.doubled, (h.placed, h.doubled)
     spans = [(p.start_s - 0.5, p.end_s + 0.5) for p in recording.placed]
     stray = [w for w in verbose["words"] if not any(s <= w["start"] <= e for s, e in spans)]
     assert not stray  # no word at a time nothing was said

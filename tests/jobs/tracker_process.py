@@ -68,7 +68,7 @@ class SocketTranscriber:
         async with self._lock:
             reader, writer = await asyncio.open_unix_connection(self._path)
             try:
-                await _send(writer, asdict(options), audio.astype(np.float32).tobytes())
+                await _send(writer, asdict(options), audio.tobytes())
                 header, _ = await _receive(reader)
             finally:
                 writer.close()
