@@ -118,6 +118,23 @@ class JobRepository:
         rows = await self.session.scalars(select(JobChunk).where(JobChunk.job_id == job_id))
         return {row.index: row.transcript for row in rows}
 
+    # -- cut points of long audio -------------------------------------------------------
+
+    async def cut_points(self, job_id: str) -> list[float]:
+        """The chunk boundaries recorded so far (see `JobRunner`): empty for a fresh job."""
+        stored = await self.session.scalar(select(Job.cut_points).where(Job.id == job_id))
+        return [float(value) for value in stored or []]
+
+    async def record_cut_points(self, *, job_id: str, epoch: int, cut_points: list[float]) -> bool:
+        """Store the boundaries decided so far; False if the job is no longer this runner's."""
+        changed = await self.session.execute(
+            update(Job)
+            .where(self._held(job_id, epoch))
+            .values(version=Job.version + 1, cut_points=cut_points)
+            .returning(Job.id)
+        )
+        return changed.first() is not None
+
     # -- user-driven changes ------------------------------------------------------------
 
     async def cancel(self, job_id: str, now: datetime) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from datetime import timedelta
 
@@ -31,17 +30,17 @@ from services.core.logging import get_logger
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage
 from services.jobs import failures
+from services.jobs.chunking import BLOCK_S, Chunker, ChunkPlan, boundaries
 from services.jobs.models import Job, JobView
 from services.jobs.repository import JobRepository
 from services.jobs.service import JobsService
-from services.transcription.audio import AudioDecoder
+from services.transcription.audio import AudioDecoder, scan_duration_s
+from services.transcription.merge import ChunkTranscript, merge_chunks
 from services.transcription.models import (
-    SAMPLE_RATE,
     DecodeOptions,
     Task,
     Transcript,
     TranscriptionOptions,
-    concat_transcripts,
     transcript_from_dict,
     transcript_to_dict,
 )
@@ -231,45 +230,80 @@ class JobRunner:
         if job.audio_key is None:
             raise AudioMissingError("The job's audio was deleted before it could run.")
         async with transaction(self._sessions) as session:
-            done = await JobRepository(session).chunks(job.id)
+            repo = JobRepository(session)
+            done = await repo.chunks(job.id)
+            cut_points = await repo.cut_points(job.id)
+        plan = ChunkPlan.of(job.chunk_s or self._settings.chunk_s, self._settings)
         file = await asyncio.to_thread(self._storage.open, job.audio_key)
         try:
             decoder = await asyncio.to_thread(AudioDecoder, file)
             declared = decoder.info.declared_duration_s
-            estimate = math.ceil(declared / self._settings.chunk_s) if declared else None
-            blocks = decoder.blocks(
-                max_duration_s=self._settings.max_duration_s, block_s=self._settings.chunk_s
+            if declared is None:
+                declared = await asyncio.to_thread(self._scan_duration_s, job.audio_key)
+            chunker = Chunker(
+                decoder.blocks(max_duration_s=self._settings.max_duration_s, block_s=BLOCK_S),
+                plan,
+                known=boundaries(cut_points),
             )
-            parts: list[tuple[float, Transcript]] = []
-            decoded_s = 0.0
-            while (block := await asyncio.to_thread(next, blocks, None)) is not None:
-                index = len(parts)
-                if index in done:
-                    part = transcript_from_dict(done[index])
+            resumed = next(k for k in range(len(done) + 1) if k not in done)
+            total = max(resumed, plan.chunks_for(declared))
+            await self._record_chunk(job, resumed - 1, None, True, total, declared)
+            parts: list[ChunkTranscript] = []
+            while (chunk := await asyncio.to_thread(chunker.next)) is not None:
+                if chunk.decided and not chunk.last:
+                    cut_points = [*cut_points, chunk.end_s, chunk.next_start_s]
+                    await self._record_cut_points(job, cut_points)
+                known = chunk.index in done
+                if known:
+                    part = transcript_from_dict(done[chunk.index])
                 else:
-                    part = await self._transcriber.transcribe(block, options, background=True)
-                parts.append((decoded_s, part))
-                decoded_s += block.shape[0] / SAMPLE_RATE
-                total = max(estimate, len(parts)) if estimate else None
-                await self._record_chunk(job, index, part, index in done, total, decoded_s)
+                    part = await self._transcriber.transcribe(chunk.audio, options, background=True)
+                parts.append(ChunkTranscript(chunk.start_s, chunk.end_s, part))
+                if chunk.last:
+                    total = chunk.index + 1  # exact now (a header that claimed more was wrong)
+                else:
+                    remaining = declared - chunk.end_s if declared else None
+                    total = max(total, chunk.index + 1 + plan.chunks_for(remaining))
+                seconds = declared if declared and not chunk.last else chunk.end_s
+                await self._record_chunk(job, chunk.index, part, known, total, seconds)
+                del chunk, part  # hold no chunk audio while decoding the next one
         finally:
             file.close()
-        transcript = concat_transcripts(parts, decoded_s)
+        transcript = merge_chunks(parts, chunker.decoded_s)
         await self._results.put(job.audio_sha256, options, transcript)
         return transcript
 
     async def _record_chunk(
-        self, job: Job, index: int, part: Transcript, known: bool, total: int | None, seconds: float
+        self,
+        job: Job,
+        index: int,
+        part: Transcript | None,
+        known: bool,
+        total: int | None,
+        seconds: float | None,
     ) -> None:
+        """Progress after chunk `index` (-1: none yet), and the chunk itself when it is new."""
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)
             if not await repo.progress(
                 job_id=job.id, epoch=self.epoch, done=index + 1, total=total, duration_s=seconds
             ):
                 raise LeaseLostError
-            if not known:
+            if part is not None and not known:
                 await repo.save_chunk(job.id, index, transcript_to_dict(part))
         await self._publish(job.id)
+
+    async def _record_cut_points(self, job: Job, cut_points: list[float]) -> None:
+        """Recorded before the chunk is sent: a retry cuts exactly where this attempt did."""
+        async with transaction(self._sessions) as session:
+            if not await JobRepository(session).record_cut_points(
+                job_id=job.id, epoch=self.epoch, cut_points=cut_points
+            ):
+                raise LeaseLostError
+
+    def _scan_duration_s(self, key: str) -> float | None:
+        with self._storage.open(key) as file:
+            return scan_duration_s(file)
 
     async def _finish(self, job: Job, transcript: Transcript) -> None:
         async with transaction(self._sessions) as session:

@@ -26,6 +26,7 @@ from services.core.errors import ConflictError, GoneError, InvalidRequestError, 
 from services.core.logging import get_logger
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage, StoredAudio
+from services.jobs.chunking import estimated_chunks
 from services.jobs.models import ACTIVE, FINISHED, Job, JobPage, JobStatus, JobView
 from services.jobs.repository import JobRepository, decode_cursor
 from services.jobs.sweeper import Sweeper, SweepReport
@@ -167,6 +168,7 @@ class JobsService:
             interruptions=0,
             version=0,
             chunk_s=self._settings.chunk_s,
+            progress_total=estimated_chunks(declared_s, self._settings.chunk_s, self._settings),
         )
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)

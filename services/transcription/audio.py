@@ -401,3 +401,21 @@ def encode_flac(samples: Waveform) -> bytes:
         for packet in stream.encode(None):
             container.mux(packet)
     return out.getvalue()
+
+
+def scan_duration_s(source: AudioSource) -> float | None:
+    """The audio's length from a pass over its packets, without decoding them.
+
+    For containers that declare no duration (Ogg, WebM from a browser recorder): it reads
+    the whole file but decodes nothing, so a long recording takes a fraction of a second.
+    None when the packets carry no timing either.
+    """
+    with AudioDecoder(source) as decoder:
+        stream = decoder._stream
+        if stream.time_base is None:
+            return None
+        end = 0
+        for packet in decoder._container.demux(stream):
+            if packet.pts is not None and packet.duration is not None:
+                end = max(end, packet.pts + packet.duration)
+        return float(end * stream.time_base) or None

@@ -57,6 +57,7 @@ from services.transcription.packing import (
     spans_callers,
     split_into_items,
     split_window,
+    unheard_tail,
     window_fill,
 )
 
@@ -65,6 +66,8 @@ log = get_logger(__name__)
 _WINDOW_S = 30.0
 _HOST = ctranslate2.Device.cpu
 _VAD = VadOptions(max_speech_duration_s=_WINDOW_S, min_silence_duration_ms=160)
+_CUT_VAD = VadOptions(min_silence_duration_ms=100, speech_pad_ms=30)
+"""For choosing cuts: tight padding, so the gaps between spans are the pauses as heard."""
 COMPRESSION_RATIO_THRESHOLD = 2.4
 """Whisper's sign of a repetition loop: the window's text compresses more than this."""
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -84,6 +87,14 @@ class RunStats:
     @property
     def fill_s(self) -> float:
         return self.speech_s / self.windows if self.windows else 0.0
+
+
+def speech_spans(audio: Waveform) -> list[tuple[int, int]]:
+    """Where the VAD that `prepare` runs hears speech in `audio`, as [start, end) samples.
+
+    Needs no model: the job tracker calls it on the window where it looks for a cut.
+    """
+    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, _CUT_VAD)]
 
 
 class WhisperEngine:
@@ -236,6 +247,34 @@ class WhisperEngine:
         if retry:
             self.last_run.retried += len(retry)
             self._decode_isolating_failures(group, retry, decode, out)
+        for window in windows:
+            if len(window.placements) == 1:
+                self._recover_tail(group[window.placements[0].item], window, decode, out)
+
+    def _recover_tail(
+        self, item: WorkItem, window: Window, decode: DecodeOptions, out: list[ItemResult]
+    ) -> None:
+        """Decode again, alone, the last pieces of an item the model stopped short of.
+
+        Whisper sometimes ends a window's output before its last utterance (measured on long
+        recordings: whole sentences lost at the end of 18-29 s items). Nothing else would
+        ever transcribe them, so the unheard tail becomes an item of its own.
+        """
+        index = window.placements[0].item
+        result = out[index]
+        if isinstance(result, Exception):
+            return
+        tail = unheard_tail(item, result)
+        if tail is None:
+            return
+        self.last_run.retried += 1
+        alone = Window()
+        alone.add(0, tail.samples)
+        tail_out: list[ItemResult] = [[]]
+        self._decode_isolating_failures([tail], [alone], decode, tail_out)
+        recovered = tail_out[0]
+        if not isinstance(recovered, Exception):
+            out[index] = [*result, *recovered]
 
     def _decode_windows(
         self, group: Sequence[WorkItem], windows: list[Window], decode: DecodeOptions

@@ -105,33 +105,3 @@ def transcript_from_dict(data: dict[str, Any]) -> Transcript:
         duration_s=data["duration_s"],
         segments=segments,
     )
-
-
-def concat_transcripts(parts: list[tuple[float, Transcript]], duration_s: float) -> Transcript:
-    """Join transcripts of consecutive pieces of one recording, each at its start offset."""
-    segments: list[Segment] = []
-    for offset, part in parts:
-        for segment in part.segments:
-            words = [
-                Word(start=round(w.start + offset, 3), end=round(w.end + offset, 3),
-                     word=w.word, probability=w.probability)
-                for w in segment.words
-            ]  # fmt: skip
-            start, end = round(segment.start + offset, 3), round(segment.end + offset, 3)
-            segments.append(
-                Segment(
-                    id=len(segments), seek=int(start * 100), start=start, end=end,
-                    text=segment.text, tokens=segment.tokens, temperature=segment.temperature,
-                    avg_logprob=segment.avg_logprob, compression_ratio=segment.compression_ratio,
-                    no_speech_prob=segment.no_speech_prob, words=words,
-                )
-            )  # fmt: skip
-    spoken = [part for _, part in parts if part.segments] or [part for _, part in parts]
-    first = spoken[0] if spoken else None
-    return Transcript(
-        text="".join(s.text for s in segments).strip(),
-        language=first.language if first else "en",
-        language_probability=first.language_probability if first else 0.0,
-        duration_s=duration_s,
-        segments=segments,
-    )

@@ -27,6 +27,7 @@ from services.transcription.models import (
     Waveform,
     Word,
 )
+from services.transcription.silence import quietest_sample
 
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
 """Whisper's fixed input window."""
@@ -37,6 +38,10 @@ ITEM_GAP_SAMPLES = SAMPLE_RATE // 2
 SHARED_WINDOW_SAMPLES = 28 * SAMPLE_RATE
 """Shared windows stop short of 30 s: Whisper often drops an utterance that ends right at the
 window's edge (measured on the fixtures: whole callers lost at 30 s, none at 28 s)."""
+
+LONG_CLIP_SEARCH_SAMPLES = 5 * SAMPLE_RATE
+"""A speech run longer than a window is cut at its quietest instant in this much before the
+window's end (shared silence code with the job tracker), not at the exact sample count."""
 
 MISSING_TAIL_S = 1.5
 """An item whose words end this long before its speech does was cut short by the model."""
@@ -122,29 +127,61 @@ def split_into_items(
     word_timestamps: bool,
     max_samples: int = WINDOW_SAMPLES,
 ) -> list[WorkItem]:
-    """Group one request's speech clips (start, end samples) into items of at most a window."""
+    """Group one request's speech clips (start, end samples) into items of at most a window.
+
+    Clips that touch (VAD split a sentence at a short pause) stay in one item where they
+    can: an item that fills up ends at the last real pause, and what follows it starts the
+    next item. Several clips fill an item only up to `SHARED_WINDOW_SAMPLES`: Whisper drops
+    an utterance ending at the window's very edge (measured on long recordings: whole
+    sentences lost in items of 29+ s, cut mid-sentence).
+    """
     bounded: list[tuple[int, int]] = []
+    search = min(LONG_CLIP_SEARCH_SAMPLES, max_samples // 2)
     for start, end in clips:
-        for cut in range(start, end, max_samples):  # a clip longer than a window is cut hard
-            bounded.append((cut, min(end, cut + max_samples)))
+        cut = start
+        while end - cut > max_samples:  # VAD rarely lets a run this long through
+            limit = cut + max_samples
+            quiet = quietest_sample(audio, limit - search, limit)
+            bounded.append((cut, quiet))
+            cut = quiet
+        bounded.append((cut, end))
+    fill_limit = min(max_samples, SHARED_WINDOW_SAMPLES)
     items: list[WorkItem] = []
-    pieces: list[Piece] = []
-    filled = 0
-    for start, end in bounded:
-        length = end - start
-        if pieces and filled + length > max_samples:
-            items.append(_make_item(audio, pieces, decode, word_timestamps))
-            pieces, filled = [], 0
-        pieces.append(Piece(item_offset=filled, source_start=start, length=length))
-        filled += length
-    if pieces:
-        items.append(_make_item(audio, pieces, decode, word_timestamps))
+    held: list[tuple[int, int]] = []
+    for clip in bounded:
+        if held and _length(held) + clip[1] - clip[0] > fill_limit:
+            keep = _last_pause(held)
+            items.append(_make_item(audio, held[:keep], decode, word_timestamps))
+            held = held[keep:]
+            if held and _length(held) + clip[1] - clip[0] > fill_limit:
+                items.append(_make_item(audio, held, decode, word_timestamps))
+                held = []
+        held.append(clip)
+    if held:
+        items.append(_make_item(audio, held, decode, word_timestamps))
     return items
 
 
+def _length(clips: Sequence[tuple[int, int]]) -> int:
+    return sum(end - start for start, end in clips)
+
+
+def _last_pause(clips: Sequence[tuple[int, int]]) -> int:
+    """How many of `clips` to keep so the item ends at a pause, not inside a sentence."""
+    for index in range(len(clips) - 1, 0, -1):
+        if clips[index][0] > clips[index - 1][1]:
+            return index
+    return len(clips)
+
+
 def _make_item(
-    audio: Waveform, pieces: list[Piece], decode: DecodeOptions, word_timestamps: bool
+    audio: Waveform, clips: Sequence[tuple[int, int]], decode: DecodeOptions, word_timestamps: bool
 ) -> WorkItem:
+    pieces: list[Piece] = []
+    offset = 0
+    for start, end in clips:
+        pieces.append(Piece(item_offset=offset, source_start=start, length=end - start))
+        offset += end - start
     speech = np.concatenate([audio[p.source_start : p.source_start + p.length] for p in pieces])
     return WorkItem(speech=speech, pieces=pieces, decode=decode, word_timestamps=word_timestamps)
 
@@ -247,6 +284,30 @@ def cut_short(window: Window, items: Sequence[WorkItem], segments: Sequence[Segm
         if end_s - covered[placement.item] > MISSING_TAIL_S:
             short.append(placement.item)
     return short
+
+
+def unheard_tail(item: WorkItem, segments: Sequence[Segment]) -> WorkItem | None:
+    """The item's trailing pieces that none of its `segments` (request timeline) touch, as an
+    item of their own; None when nothing worth redoing is missing.
+
+    Only whole pieces count (a piece is a VAD clip): an item with nothing heard at all is
+    silence or noise, not a cut-short output, and is left alone.
+    """
+    heard = [(w.start + w.end) / 2 for segment in segments for w in segment.words] or [
+        (segment.start + segment.end) / 2 for segment in segments
+    ]
+    if not heard:
+        return None
+    last_heard = max(heard) * SAMPLE_RATE
+    first_unheard = next(
+        (k for k, p in enumerate(item.pieces) if p.source_start > last_heard), len(item.pieces)
+    )
+    tail = item.pieces[first_unheard:]
+    if not tail or sum(p.length for p in tail) < MISSING_TAIL_S * SAMPLE_RATE:
+        return None
+    offset = tail[0].item_offset
+    moved = [replace(p, item_offset=p.item_offset - offset) for p in tail]
+    return replace(item, speech=item.speech[offset:].copy(), pieces=moved)
 
 
 def split_window(

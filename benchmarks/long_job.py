@@ -1,0 +1,134 @@
+"""One 20-minute job end to end against the library's in-process batched pipeline.
+
+    .venv/bin/python benchmarks/long_job.py          # or: make bench-long
+
+The recording is the one the jobs tests use (`tests/long_audio.py`): read sentences with
+pauses, one centred on each 300 s mark, no pause within 80 s of the 600 s mark. Both sides
+use the same model, thread count and decoding options, and both compute word timestamps
+(a job always keeps them):
+
+  (b) in-process `BatchedInferencePipeline.transcribe` on the file, decoding included;
+  (j) the Serve app: POST /v1/jobs, poll, GET the result (submission to result).
+
+The machine is noisy, so the two run interleaved `--rounds` times and the best of each is
+kept. Prints audio-seconds per wall-second, the ratio j/b (target >= 0.85) and each side's
+WER; writes benchmarks/results/long_job.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deployments import local  # noqa: E402
+from services.core.settings import Settings  # noqa: E402
+from services.transcription.audio import decode_audio  # noqa: E402
+from services.transcription.model_files import resolve_model_dir  # noqa: E402
+from tests.conftest import word_error_rate  # noqa: E402
+from tests.long_audio import build  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DURATION_S = 1200.0
+
+
+def in_process(settings: Settings, path: Path) -> tuple[float, str]:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    model = WhisperModel(
+        str(resolve_model_dir(settings.whisper.model, settings.model_cache_dir)),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=settings.whisper.cpu_threads,
+    )
+    pipeline = BatchedInferencePipeline(model)
+    started = time.perf_counter()
+    audio = decode_audio(path, max_duration_s=DURATION_S + 1)
+    segments, _ = pipeline.transcribe(
+        audio,
+        language="en",
+        beam_size=settings.whisper.beam_size,
+        temperature=0.0,
+        word_timestamps=True,
+        batch_size=settings.whisper.decode_batch_size,
+    )
+    text = "".join(s.text for s in segments)
+    return time.perf_counter() - started, text
+
+
+def job(url: str, path: Path) -> tuple[float, str, dict[str, Any]]:
+    with httpx.Client(base_url=url, timeout=120) as client:
+        started = time.perf_counter()
+        with path.open("rb") as f:
+            submitted = client.post(
+                "/v1/jobs", files={"file": (path.name, f)}, data={"model": "whisper-1"}
+            )
+        submitted.raise_for_status()
+        job_id = submitted.json()["id"]
+        while (body := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            time.sleep(0.25)
+        result = client.get(f"/v1/jobs/{job_id}/result")
+        wall = time.perf_counter() - started
+    if body["status"] != "succeeded":
+        raise RuntimeError(f"the job did not succeed: {body}")
+    return wall, result.json()["text"], body
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    settings = Settings(_env_file=None, data_dir=ROOT / ".rayscribe")
+    recording = build(DURATION_S, [300.0, 600.0, 900.0], no_pause_s=[0, 80, 0])
+    workdir = Path(tempfile.mkdtemp())
+    path = recording.write_flac(workdir / "twenty_minutes.flac")
+    overrides = {"data_dir": str(settings.data_dir), "cache": {"enabled": False}}
+    config = local.load_config(port=local.free_port(), settings=overrides)
+    url = local.deploy(config)
+    inproc: list[tuple[float, str]] = []
+    jobs: list[tuple[float, str, dict[str, Any]]] = []
+    try:
+        for index in range(args.rounds):
+            inproc.append(in_process(settings, path))
+            print(f"round {index + 1} in-process: {inproc[-1][0]:.1f} s")
+            jobs.append(job(url, path))
+            print(f"round {index + 1} job:        {jobs[-1][0]:.1f} s")
+    finally:
+        local.shutdown()
+
+    b_wall, b_text = min(inproc)
+    j_wall, j_text, j_body = min(jobs, key=lambda r: r[0])
+    result = {
+        "audio_s": DURATION_S,
+        "model": settings.whisper.model,
+        "cpu_threads": settings.whisper.cpu_threads,
+        "rounds": args.rounds,
+        "in_process_s": b_wall,
+        "job_s": j_wall,
+        "in_process_audio_s_per_s": DURATION_S / b_wall,
+        "job_audio_s_per_s": DURATION_S / j_wall,
+        "ratio_job_over_in_process": b_wall / j_wall,
+        "target_met": b_wall / j_wall >= 0.85,
+        "wer_in_process": word_error_rate(recording.text, b_text),
+        "wer_job": word_error_rate(recording.text, j_text),
+        "job_chunks": j_body["progress"],
+        "all_rounds_s": {"in_process": [r[0] for r in inproc], "job": [r[0] for r in jobs]},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "long_job.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
