@@ -3,7 +3,9 @@
 A submission is acknowledged (202) only once its audio and its row are durable: the audio
 is streamed to storage and hashed, the row (and its idempotency key) committed in one
 transaction. Redis, when configured, caches status reads and carries events; it is told
-about changes after the commit and is never needed for correctness.
+about changes after the commit and is never needed for correctness. Every cached status
+carries the row's `version` and is written with `set_if_newer`, so a late writer holding an
+older view never replaces a newer one; decisions (DELETE) read the row, never the cache.
 """
 
 from __future__ import annotations
