@@ -125,7 +125,7 @@ async def test_after_a_bulk_requeue_the_cached_status_is_queued(env_factory: Fac
     async with runtime.sessions() as session, session.begin():
         repo = JobRepository(session)
         successor = await repo.start_incarnation(name="crashed", model="tiny.en", now=utcnow())
-        await repo.requeue_lost(model="tiny.en", epoch=successor, now=utcnow())
+        await repo.requeue_lost(name="crashed", token=successor, now=utcnow())
     await runtime.jobs.refresh([job_id])
     seen = (await env.client.get(f"/v1/jobs/{job_id}")).json()
     assert seen["status"] == "queued"
