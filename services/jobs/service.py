@@ -267,7 +267,9 @@ class JobsService:
                 decode_cursor(cursor)
             except ValueError as exc:
                 raise InvalidRequestError(
-                    "cursor is not one this API returned.", param="cursor"
+                    "cursor is not one this API returned; pass the next_cursor of a page.",
+                    param="cursor",
+                    code="invalid_value",
                 ) from exc
         async with transaction(self._sessions) as session:
             jobs, next_cursor = await JobRepository(session).page(
