@@ -26,6 +26,8 @@ from tests.conftest import DISTINCT
 
 AppFactory = Callable[..., FastAPI]
 
+pytestmark = pytest.mark.timeout(60)  # a stream that never ends must fail, not hang
+
 
 @pytest.fixture(scope="module")
 def make_app(settings: Settings, tiny_engine: WhisperEngine) -> AppFactory:
