@@ -19,7 +19,6 @@ down_revision = "0001_create_jobs"
 branch_labels = None
 depends_on = None
 
-
 def _job_columns() -> list[sa.Column[object]]:
     return [
         sa.Column("lease_owner", sa.String(255), nullable=True),
