@@ -178,6 +178,17 @@ def test_the_sync_path_cuts_an_overlong_speech_run_at_its_quietest_instant() -> 
     assert sum(item.samples for item in items) == 40 * SR
 
 
+def test_items_end_at_a_pause_not_inside_a_sentence() -> None:
+    audio = np.zeros(60 * SR, dtype=np.float32)
+    # Three sentences; the second is two VAD clips that touch (a comma pause).
+    clips = [(0, 12 * SR), (13 * SR, 20 * SR), (20 * SR, 27 * SR), (28 * SR, 35 * SR)]
+    items = split_into_items(clips, audio, DecodeOptions(), word_timestamps=False)
+    assert [[p.source_start for p in item.pieces] for item in items] == [
+        [0],
+        [13 * SR, 20 * SR, 28 * SR],
+    ]
+
+
 def test_the_unheard_tail_of_an_item_becomes_an_item_of_its_own() -> None:
     audio = np.arange(40 * SR, dtype=np.float32)
     clips = [(0, 5 * SR), (8 * SR, 12 * SR), (15 * SR, 19 * SR)]
