@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ fixtures: install-dev
 ## Throughput benchmark (issue #3): in-process limits against the Serve app
 bench: install-dev
 	$(PY) benchmarks/throughput.py
+
+## Long-job benchmark (issue #13): a 20-minute job end to end against the in-process pipeline
+bench-long: install-dev
+	$(PY) benchmarks/long_job.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from deployments import local  # noqa: E402
 from services.core.settings import Settings  # noqa: E402
+from services.migrations import upgrade  # noqa: E402
 from services.transcription.audio import decode_audio  # noqa: E402
 from services.transcription.model_files import resolve_model_dir  # noqa: E402
 from tests.conftest import word_error_rate  # noqa: E402
@@ -72,7 +73,8 @@ def job(url: str, path: Path) -> tuple[float, str, dict[str, Any]]:
             submitted = client.post(
                 "/v1/jobs", files={"file": (path.name, f)}, data={"model": "whisper-1"}
             )
-        submitted.raise_for_status()
+        if submitted.status_code != 202:
+            raise RuntimeError(f"the job was refused: {submitted.status_code} {submitted.text}")
         job_id = submitted.json()["id"]
         while (body := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
             time.sleep(0.25)
@@ -89,9 +91,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    settings = Settings(_env_file=None, data_dir=ROOT / ".rayscribe")
-    recording = build(DURATION_S, [300.0, 600.0, 900.0], no_pause_s=[0, 80, 0])
     workdir = Path(tempfile.mkdtemp())
+    # A fresh embedded database (SQLite), migrated before Serve starts, as `make run` does.
+    (workdir / "data").mkdir()
+    settings = Settings(_env_file=None, data_dir=workdir / "data")
+    upgrade(settings.database_url)
+    recording = build(DURATION_S, [300.0, 600.0, 900.0], no_pause_s=[0, 80, 0])
     path = recording.write_flac(workdir / "twenty_minutes.flac")
     overrides = {"data_dir": str(settings.data_dir), "cache": {"enabled": False}}
     config = local.load_config(port=local.free_port(), settings=overrides)

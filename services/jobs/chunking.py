@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from services.core.settings import JobsSettings
 from services.transcription.models import SAMPLE_RATE, Waveform
 from services.transcription.silence import Span, pause_cut
+
+CHUNKS_IN_FLIGHT = 2
+"""Chunks of one job with the model at once: one decoding while the next is prepared."""
 
 BLOCK_S = 2.0
 """Decode in small blocks: the tracker holds one chunk plus the search window, never a file."""
@@ -81,6 +84,10 @@ class Chunk:
     audio: Waveform
     decided: bool
     """The boundary was chosen now, not read back from the job's stored cut points."""
+
+    def without_audio(self) -> Chunk:
+        """The chunk's place only, to keep while the model has its audio."""
+        return replace(self, audio=np.zeros(0, dtype=np.float32))
 
     @property
     def last(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from datetime import timedelta
 
 import structlog
@@ -30,7 +31,7 @@ from services.core.logging import get_logger
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage
 from services.jobs import failures
-from services.jobs.chunking import BLOCK_S, Chunker, ChunkPlan, boundaries
+from services.jobs.chunking import BLOCK_S, CHUNKS_IN_FLIGHT, Chunk, Chunker, ChunkPlan, boundaries
 from services.jobs.models import Job, JobView
 from services.jobs.repository import JobRepository
 from services.jobs.service import JobsService
@@ -246,27 +247,45 @@ class JobRunner:
                 known=boundaries(cut_points),
             )
             resumed = next(k for k in range(len(done) + 1) if k not in done)
-            total = max(resumed, plan.chunks_for(declared))
+            total = max(resumed, job.progress_total or 0, plan.chunks_for(declared))
             await self._record_chunk(job, resumed - 1, None, True, total, declared)
             parts: list[ChunkTranscript] = []
-            while (chunk := await asyncio.to_thread(chunker.next)) is not None:
-                if chunk.decided and not chunk.last:
-                    cut_points = [*cut_points, chunk.end_s, chunk.next_start_s]
-                    await self._record_cut_points(job, cut_points)
-                known = chunk.index in done
-                if known:
-                    part = transcript_from_dict(done[chunk.index])
-                else:
-                    part = await self._transcriber.transcribe(chunk.audio, options, background=True)
-                parts.append(ChunkTranscript(chunk.start_s, chunk.end_s, part))
-                if chunk.last:
-                    total = chunk.index + 1  # exact now (a header that claimed more was wrong)
-                else:
-                    remaining = declared - chunk.end_s if declared else None
-                    total = max(total, chunk.index + 1 + plan.chunks_for(remaining))
-                seconds = declared if declared and not chunk.last else chunk.end_s
-                await self._record_chunk(job, chunk.index, part, known, total, seconds)
-                del chunk, part  # hold no chunk audio while decoding the next one
+            # Up to `CHUNKS_IN_FLIGHT` chunks are with the model at once, so it never waits
+            # for the tracker to decode the next one, and its batches fill across chunks.
+            sent: deque[tuple[Chunk, asyncio.Task[Transcript] | None]] = deque()
+            try:
+                ended = False
+                while not ended or sent:
+                    chunk = None if ended else await asyncio.to_thread(chunker.next)
+                    if chunk is not None:
+                        if chunk.decided and not chunk.last:
+                            cut_points = [*cut_points, chunk.end_s, chunk.next_start_s]
+                            await self._record_cut_points(job, cut_points)
+                        work = None if chunk.index in done else asyncio.create_task(
+                            self._transcriber.transcribe(chunk.audio, options, background=True)
+                        )  # fmt: skip
+                        sent.append((chunk.without_audio(), work))
+                    ended = ended or chunk is None or chunk.last
+                    del chunk  # hold no chunk audio beyond what is with the model
+                    if not sent or (len(sent) < CHUNKS_IN_FLIGHT and not ended):
+                        continue
+                    finished, work = sent.popleft()
+                    known = work is None
+                    part = (
+                        transcript_from_dict(done[finished.index]) if work is None else await work
+                    )
+                    parts.append(ChunkTranscript(finished.start_s, finished.end_s, part))
+                    if finished.last:
+                        total = finished.index + 1  # exact now (a header that claimed more lied)
+                    else:
+                        remaining = declared - finished.end_s if declared else None
+                        total = max(total, finished.index + 1 + plan.chunks_for(remaining))
+                    seconds = declared if declared and not finished.last else finished.end_s
+                    await self._record_chunk(job, finished.index, part, known, total, seconds)
+            finally:
+                for _, work in sent:
+                    if work is not None:
+                        work.cancel()
         finally:
             file.close()
         transcript = merge_chunks(parts, chunker.decoded_s)

@@ -56,7 +56,7 @@ async def _cut_points(database_url: str, job_id: str) -> list[float]:
 def test_a_long_job_resumes_at_its_cut_points_after_the_tracker_dies(
     serve_url: str, http: httpx.Client, serve_database: str, tmp_path: Path
 ) -> None:
-    # Three 300 s chunks (the default): a pause near 300 s, none near 600 s.
+    # Three chunks of the default 300 s; the job is stopped after the first is stored.
     recording = build(640, [300.0, 600.0], no_pause_s=[0, 40])
     path = recording.write_flac(tmp_path / "long.flac")
     words = {"response_format": "verbose_json", "timestamp_granularities[]": ["word"]}
