@@ -293,8 +293,11 @@ def unheard_tail(item: WorkItem, segments: Sequence[Segment]) -> WorkItem | None
     Only whole pieces count (a piece is a VAD clip): an item with nothing heard at all is
     silence or noise, not a cut-short output, and is left alone.
     """
-    heard = [(w.start + w.end) / 2 for segment in segments for w in segment.words] or [
-        (segment.start + segment.end) / 2 for segment in segments
+    # Where the output ends: the last word's end, or without word timestamps the last
+    # segment's end (a segment's midpoint would call the second half of a one-segment item
+    # unheard and transcribe it twice).
+    heard = [w.end for segment in segments for w in segment.words] or [
+        segment.end for segment in segments
     ]
     if not heard:
         return None

@@ -41,6 +41,8 @@ def test_tiny_transcribes_the_fixtures(tiny_engine: WhisperEngine) -> None:
     report(f"tiny.en in-process WER over {len(ENGLISH)} English clips: mean {mean(rates):.3f}, "
            f"worst {max(rates):.3f}")  # fmt: skip
     assert mean(rates) < 0.15
+    # No clip's transcript may carry a tail twice (a recovered tail decoded again).
+    assert max(rates) < 0.3
 
 
 def test_packing_across_requests_keeps_accuracy_and_times(tiny_engine: WhisperEngine) -> None:

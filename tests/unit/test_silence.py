@@ -205,3 +205,9 @@ def test_the_unheard_tail_of_an_item_becomes_an_item_of_its_own() -> None:
     assert unheard_tail(item, []) is None  # nothing heard at all: silence, not a cut-short
     everything = [*heard, replace(heard[0], start=16.0, end=18.0, words=[_word("c", 16, 18)])]
     assert unheard_tail(item, everything) is None
+    # Without word timestamps the segments' ends say what was heard: one segment over the
+    # whole item (not its midpoint) means nothing is missing, so nothing is decoded twice.
+    whole = replace(heard[0], start=0.5, end=18.5, words=[])
+    assert unheard_tail(item, [whole]) is None
+    early = replace(heard[0], start=0.5, end=11.0, words=[])
+    assert unheard_tail(item, [early]) is not None
