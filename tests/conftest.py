@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ import jiwer
 import pytest
 
 from services.core.settings import Settings
+from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
     from services.transcription.engine import WhisperEngine
@@ -62,6 +64,17 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 def words_of(text: str) -> set[str]:
     return set(normalise(text).split())
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    """A Redis of the test's own on a free port, which the test may stop."""
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

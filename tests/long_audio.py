@@ -13,11 +13,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import jiwer
 import numpy as np
 
-from services.transcription.audio import decode_audio
+from services.transcription.audio import decode_audio, write_flac
 from services.transcription.models import SAMPLE_RATE
 from tests.conftest import ENGLISH, Clip, normalise
 
@@ -62,16 +61,7 @@ class Recording:
             yield out
 
     def write_flac(self, path: Path) -> Path:
-        with av.open(str(path), mode="w", format="flac") as container:
-            stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
-            for block in self.samples():
-                pcm = (np.clip(block, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-                frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-                frame.sample_rate = SAMPLE_RATE
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode(None):
-                container.mux(packet)
+        write_flac(self.samples(), str(path))
         return path
 
 

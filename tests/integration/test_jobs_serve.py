@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 import ray
-from ray.serve.context import _get_global_client
-from ray.serve.schema import ServeDeploySchema
 
 from cluster.job_tracker import NAMESPACE, tracker_name
 from deployments import local
 from tests.conftest import ENGLISH, report, word_error_rate
+from tests.integration.serve_admin import whisper_queue_limit
 
 pytestmark = pytest.mark.integration
 
@@ -141,35 +137,6 @@ def test_jobs_survive_a_killed_tracker(
     assert max(f["attempts"] for f in finished) >= 2, "no job shows the retry"
 
 
-@contextlib.contextmanager
-def _whisper_queue_limit(limit: int) -> Iterator[None]:
-    """Redeploy the running apps with the Whisper deployment's per-caller queue at `limit`.
-
-    A lightweight update (no replica restarts); the original config is restored after.
-    """
-    client = _get_global_client()
-    details = client.get_serve_details()
-    original = {
-        "http_options": details["http_options"],
-        "proxy_location": details["proxy_location"],
-        "applications": [app["deployed_app_config"] for app in details["applications"].values()],
-    }
-    lowered = copy.deepcopy(original)
-    for app in lowered["applications"]:
-        if app["name"] == local.APP_NAME:
-            for deployment in app["deployments"]:
-                if deployment["name"] == "WhisperTranscriber":
-                    deployment["max_queued_requests"] = limit
-    try:
-        client.deploy_apps(ServeDeploySchema.model_validate(lowered), _blocking=False)
-        local.wait_until_running(local.APP_NAME)
-        time.sleep(3)  # callers' routers learn the new limit by long poll
-        yield
-    finally:
-        client.deploy_apps(ServeDeploySchema.model_validate(original), _blocking=False)
-        local.wait_until_running(local.APP_NAME)
-
-
 async def _sync_burst(url: str, *, seconds: float, concurrency: int) -> Counter[int]:
     """`concurrency` clients sending short sync requests back to back for `seconds`."""
     statuses: Counter[int] = Counter()
@@ -199,7 +166,7 @@ def test_jobs_ride_out_a_burst_that_fills_the_model_queue(
 ) -> None:
     started = time.monotonic()
     clips = [ENGLISH[i % 16] for i in range(16)]
-    with _whisper_queue_limit(1):  # the tracker (4 jobs in flight) overflows it as well
+    with whisper_queue_limit(1):  # the tracker (4 jobs in flight) overflows it as well
         ids = asyncio.run(_submit_all(serve_url, clips))
         statuses = asyncio.run(_sync_burst(serve_url, seconds=12, concurrency=48))
     finished = _check_all_succeeded(http, serve_database, clips, ids)

@@ -15,7 +15,7 @@ import ray
 
 from cluster.job_tracker import NAMESPACE, tracker_name
 from deployments import local
-from tests.conftest import report
+from tests.conftest import report, word_error_rate
 from tests.long_audio import build
 
 pytestmark = pytest.mark.integration
@@ -78,5 +78,12 @@ def test_a_long_job_resumes_at_its_cut_points_after_the_tracker_dies(
     report(f"integration resume: cut points {cuts} (uninterrupted: {whole_cuts})")
     assert cuts == whole_cuts
     assert len(cuts) == 4  # two boundaries: (end, next start) each
-    assert resumed["text"] == whole["text"]
-    assert [w["word"] for w in resumed["words"]] == [w["word"] for w in whole["words"]]
+    # Through Serve a chunk shares 30 s windows with whatever else is in flight (here the
+    # job's other chunk), so its words can differ slightly between runs; the jobs tier
+    # shows the resumed transcript identical word for word with a deterministic engine.
+    drift = word_error_rate(whole["text"], resumed["text"])
+    report(f"integration resume: WER between the resumed and the uninterrupted run {drift:.3f}")
+    assert drift <= 0.02
+    ends = [w["end"] for w in resumed["words"]]
+    assert ends == sorted(ends)
+    assert ends[-1] <= recording.duration_s + 0.5

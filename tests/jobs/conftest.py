@@ -28,6 +28,7 @@ from services.jobs.wiring import JobRuntime, build_job_runtime
 from services.migrations import upgrade as migrate
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
+from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 from tests.servers import create_database, drop_database, shared_redis_url
 
 TABLES = "jobs, job_results, job_chunks, idempotency_keys, tracker_incarnations"
@@ -49,6 +50,24 @@ def shared_redis() -> str:
 @pytest.fixture(scope="session")
 def local_transcriber(tiny_engine: WhisperEngine) -> LocalTranscriber:
     return LocalTranscriber(tiny_engine)
+
+
+class CountingTranscriber:
+    """The real transcriber, counting what is sent to it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
+    ) -> Transcript:
+        self.calls += 1
+        result: Transcript = await self.inner.transcribe(audio, options, background=background)
+        return result
+
+    async def ready(self) -> bool:
+        return True
 
 
 @dataclass

@@ -4,45 +4,17 @@ does (it is read from the database). A private Redis that this test stops; SQLit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import text
 
 from services.core.settings import Settings
 from services.migrations import upgrade as migrate
 from services.transcription.local import LocalTranscriber
-from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 from tests.conftest import DISTINCT, ENGLISH
-from tests.jobs.conftest import build_env, close_env
+from tests.jobs.conftest import CountingTranscriber, build_env, close_env
 from tests.servers import PrivateRedis
-
-
-class CountingTranscriber:
-    def __init__(self, inner: LocalTranscriber) -> None:
-        self.inner = inner
-        self.calls = 0
-
-    async def transcribe(
-        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
-    ) -> Transcript:
-        self.calls += 1
-        return await self.inner.transcribe(audio, options, background=background)
-
-    async def ready(self) -> bool:
-        return True
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_results_fall_back_to_memory_and_status_reads_the_database(

@@ -21,12 +21,10 @@ from services.jobs.wiring import build_job_runtime
 from services.transcription.local import LocalTranscriber
 from services.transcription.models import (
     DecodeOptions,
-    Transcript,
     TranscriptionOptions,
-    Waveform,
 )
 from tests.conftest import ENGLISH, report, word_error_rate
-from tests.jobs.conftest import JobsEnv
+from tests.jobs.conftest import CountingTranscriber, JobsEnv
 from tests.jobs.tracker_process import serve_model
 from tests.long_audio import Recording, build, score, trimmed
 
@@ -177,24 +175,6 @@ async def test_twenty_minutes_with_default_chunks(
     _check_cuts(recording, cuts, search_s=30, min_pause_s=0.5)
     assert {end == start for end, start in cuts} == {True, False}  # both kinds of boundary
     _check_sentences(recording, verbose, short_texts, "20 min, 300 s chunks")
-
-
-class CountingTranscriber:
-    """The real transcriber, counting what is sent to it."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.calls = 0
-
-    async def transcribe(
-        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
-    ) -> Transcript:
-        self.calls += 1
-        result: Transcript = await self.inner.transcribe(audio, options, background=background)
-        return result
-
-    async def ready(self) -> bool:
-        return True
 
 
 @pytest.mark.timeout(600)

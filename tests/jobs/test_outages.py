@@ -41,16 +41,6 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
         server.remove()
 
 
-@pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_postgres_down_means_503_and_every_accepted_job_completes(
     tmp_path: Path, private_postgres: PrivatePostgres, local_transcriber: LocalTranscriber
 ) -> None:

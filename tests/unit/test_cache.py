@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import tracemalloc
-from collections.abc import Iterator
 
 import pytest
 
@@ -105,16 +104,6 @@ def test_engine_version_names_decoder_engine_packages_model_and_settings() -> No
         assert part in version
     assert version != engine_version("tiny.en", WhisperSettings(beam_size=1))
     assert engine_version("tiny.en") != engine_version("base")
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_fallback_serves_from_memory_while_redis_is_down(
