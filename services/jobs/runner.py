@@ -50,7 +50,6 @@ from services.transcription.service import Transcriber
 
 log = get_logger(__name__)
 
-PURGE_INTERVAL_S = 60.0
 INCARNATION_MEMORY_S = 7 * 24 * 3600.0
 """Rows of incarnations silent this long are deleted (their leases expired long ago)."""
 
