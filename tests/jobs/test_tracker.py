@@ -186,7 +186,10 @@ async def _rolling_deploy(env: JobsEnv) -> None:
         assert tagged_job == job_id
         assert (job_id, token) in held, "a chunk computed under a lease it did not hold"
     tokens = {token for _, (_, token) in stored}
-    assert tokens == {runners["blue"].epoch, runners["green"].epoch}, "both trackers worked"
+    # Blue may die before it stores anything (it is killed while computing its first
+    # chunk); whatever was stored was stored by one of the two, under a lease it held.
+    assert runners["green"].epoch in tokens
+    assert tokens <= {runners["blue"].epoch, runners["green"].epoch}
     takeovers = sum(1 for f in finished if f["attempts"] == 2)
     report(
         f"two trackers ({env.backend}): {len(ids)} jobs, {len(results)} results, "
