@@ -301,6 +301,16 @@ class AudioDecoder:
             "The file decodes to no audio samples.", param="file", code="no_audio_samples"
         )
 
+    def packet_duration_s(self) -> float | None:
+        """The end of the last packet, read without decoding (see `scan_duration_s`)."""
+        if self._stream.time_base is None:
+            return None
+        end = 0
+        for packet in self._container.demux(self._stream):
+            if packet.pts is not None and packet.duration is not None:
+                end = max(end, packet.pts + packet.duration)
+        return float(end * self._stream.time_base) or None
+
     def blocks(self, *, max_duration_s: float, block_s: float = 30.0) -> Iterator[Waveform]:
         """Yield the decoded audio in blocks, refusing it once it passes `max_duration_s`.
 
@@ -417,11 +427,4 @@ def scan_duration_s(source: AudioSource) -> float | None:
     None when the packets carry no timing either.
     """
     with AudioDecoder(source) as decoder:
-        stream = decoder._stream
-        if stream.time_base is None:
-            return None
-        end = 0
-        for packet in decoder._container.demux(stream):
-            if packet.pts is not None and packet.duration is not None:
-                end = max(end, packet.pts + packet.duration)
-        return float(end * stream.time_base) or None
+        return decoder.packet_duration_s()

@@ -22,8 +22,10 @@ from services.transcription.audio import (
     AudioDecoder,
     decode_audio,
     probe_audio,
+    scan_duration_s,
 )
 from services.transcription.models import SAMPLE_RATE
+from tests import audio_variants
 from tests.audio_variants import speech
 from tests.conftest import ENGLISH, FIXTURES, FORMATS, HOSTILE, SILENCE, TWO_HOURS
 
@@ -245,3 +247,23 @@ def test_a_video_track_is_never_decoded() -> None:
         audio = decode_audio(mp4, max_duration_s=60)
     assert any("(h264) not on whitelist" in message for _, _, message in logs)
     assert audio.shape[0] > 3 * SAMPLE_RATE
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        audio_variants.Variant("ogg", "libopus", 48000, 1, "ogg", "opus"),
+        audio_variants.Variant("flac", "flac", 16000, 1, "flac", "flac", lossless=True),
+    ],
+    ids=lambda v: v.id,
+)
+def test_a_packet_scan_measures_a_file_that_declares_no_length(
+    variant: audio_variants.Variant,
+) -> None:
+    """Jobs take `progress.total` from this when the container declares no duration."""
+    reference = audio_variants.speech([c.path for c in ENGLISH[:3]], 20.0)
+    data = audio_variants.encode(variant, reference)
+    scanned = scan_duration_s(data)
+    assert scanned is not None
+    assert abs(scanned - 20.0) < 0.1
+    assert scan_duration_s(io.BytesIO(data)) == scanned
