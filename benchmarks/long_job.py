@@ -30,11 +30,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployments import local  # noqa: E402
 from services.core.settings import Settings  # noqa: E402
 from services.migrations import upgrade  # noqa: E402
 from services.transcription.audio import decode_audio  # noqa: E402
 from services.transcription.model_files import resolve_model_dir  # noqa: E402
+from tests import serve_local as local  # noqa: E402
 from tests.conftest import word_error_rate  # noqa: E402
 from tests.long_audio import build  # noqa: E402
 

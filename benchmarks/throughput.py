@@ -36,11 +36,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployments import local  # noqa: E402
 from services.core.settings import Settings  # noqa: E402
-from services.transcription.audio import decode_audio, encode_flac  # noqa: E402
+from services.transcription.audio import decode_audio  # noqa: E402
+from services.transcription.domain import SAMPLE_RATE  # noqa: E402
 from services.transcription.model_files import resolve_model_dir  # noqa: E402
-from services.transcription.models import SAMPLE_RATE  # noqa: E402
+from tests import serve_local as local  # noqa: E402
+from tests.audio_variants import encode_flac  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
 RESULTS = ROOT / "benchmarks" / "results"

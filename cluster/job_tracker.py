@@ -27,6 +27,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from cluster.whisper_client import ServeTranscriber
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
 from services.jobs.runner import JobRunner
@@ -104,8 +105,6 @@ class TrackerProcess:
             self._exit_process(1)
 
     def _serve_transcriber(self) -> Transcriber:
-        from deployments.transcriber import ServeTranscriber
-
         handle = serve.get_deployment_handle("WhisperTranscriber", app_name=self._app_name)
         return ServeTranscriber(handle)
 

@@ -19,9 +19,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster.job_tracker import NAMESPACE, ensure_tracker, tracker_name
-from deployments.api import create_app
+from cluster.whisper_client import ServeTranscriber
 from deployments.dependencies import build_container
-from deployments.transcriber import ServeTranscriber
+from deployments.fastapi_app import create_app
 from services.core.health import HeldStatus, Refresher
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings

@@ -6,7 +6,7 @@ in flight, weighs them in 30 s windows, and hands them to the engine's batch fun
 the event loop. A caller that disconnects is cancelled: its items leave the queue.
 
 Batch size and wait come from `user_config` and are applied in `reconfigure()` without a
-restart. The ingress talks to this deployment through `ServeTranscriber`.
+restart. Callers talk to this deployment through `cluster.whisper_client.ServeTranscriber`.
 """
 
 from __future__ import annotations
@@ -19,18 +19,14 @@ from typing import Any
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
-from services.core.errors import OverloadedError, UnavailableError
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
 from services.transcription.assembly import assemble
 from services.transcription.coalescer import BatchCoalescer
+from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
-from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 from services.transcription.packing import ItemResult, WorkItem, count_windows
 from services.transcription.watchdog import CallWatchdog
 
@@ -200,37 +196,3 @@ def _max_ongoing_requests() -> int | None:
         return None
     config = getattr(context, "_deployment_config", None)
     return getattr(config, "max_ongoing_requests", None)
-
-
-class ServeTranscriber:
-    """The services' `Transcriber` protocol over a handle to `WhisperTranscriber`.
-
-    Maps Serve's failures to service errors: a full queue is 503 with `Retry-After`, not
-    the 500 Serve would otherwise show; a replica that died mid-request is 503 too.
-    """
-
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self._handle = handle
-
-    async def transcribe(
-        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
-    ) -> Transcript:
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
-            transcript: Transcript = await self._handle.transcribe.remote(
-                audio, options, request_id, background
-            )
-        except BackPressureError as exc:
-            raise OverloadedError(
-                "The transcription service is at capacity; retry shortly.", retry_after_s=2
-            ) from exc
-        except RayActorError as exc:
-            raise UnavailableError(
-                "The transcription replica stopped while handling the request; retry it.",
-                retry_after_s=2,
-            ) from exc
-        return transcript
-
-    async def ready(self) -> bool:
-        ready: bool = await self._handle.ready.remote()
-        return ready

@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
 
 from services.transcription.audio import decode_audio
-from services.transcription.models import SAMPLE_RATE, Waveform
+from services.transcription.domain import SAMPLE_RATE, Waveform
 
 RATES = (8000, 16000, 22050, 44100, 48000)
 OPUS_RATES = (8000, 16000, 48000)  # Opus knows 8/12/16/24/48 kHz only
@@ -218,3 +219,24 @@ def spoken(
         total += audio.shape[0] + gap.shape[0]
     joined = np.concatenate(parts)[:wanted]
     return np.pad(joined, (0, wanted - joined.shape[0])), " ".join(words)
+
+
+def encode_flac(samples: Waveform) -> bytes:
+    """Write a 16 kHz mono waveform as FLAC (for test and benchmark inputs)."""
+    out = io.BytesIO()
+    write_flac([samples], out)
+    return out.getvalue()
+
+
+def write_flac(blocks: Iterable[Waveform], target: BinaryIO | str) -> None:
+    """Stream 16 kHz mono blocks into a FLAC file (long test inputs never held whole)."""
+    with av.open(target, mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        for block in blocks:
+            pcm = (np.clip(block, -1.0, 1.0) * 32767).astype(np.int16).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)

@@ -16,8 +16,9 @@ from pathlib import Path
 import jiwer
 import numpy as np
 
-from services.transcription.audio import decode_audio, write_flac
-from services.transcription.models import SAMPLE_RATE
+from services.transcription.audio import decode_audio
+from services.transcription.domain import SAMPLE_RATE
+from tests.audio_variants import write_flac
 from tests.conftest import ENGLISH, Clip, normalise
 
 JOIN_S = 0.05

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import File, Form, UploadFile
 
-from services.transcription.models import ResponseFormat, TimestampGranularity
+from services.transcription.domain import ResponseFormat, TimestampGranularity
 
 FileField = Annotated[
     UploadFile, File(description="The audio file (flac, mp3, mp4, m4a, ogg, wav, webm...).")

@@ -22,9 +22,10 @@ from deployments.controllers.forms import (
 from deployments.controllers.transcriptions import rendered_response
 from deployments.dependencies import JobsServiceDep, TranscriptionServiceDep
 from services.core.errors import InvalidRequestError
-from services.jobs.models import JobPage, JobStatus, JobView
 from services.jobs.streams import Expired, Item, KeepAlive, StreamLimiter, StreamSlot, paced
-from services.transcription.models import ResponseFormat, Task, TimestampGranularity
+from services.jobs.tables import JobStatus
+from services.jobs.views import JobPage, JobView
+from services.transcription.domain import ResponseFormat, Task, TimestampGranularity
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

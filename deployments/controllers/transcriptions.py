@@ -17,7 +17,7 @@ from deployments.controllers.forms import (
     granularities,
 )
 from deployments.dependencies import TranscriptionServiceDep
-from services.transcription.models import ResponseFormat, Task
+from services.transcription.domain import ResponseFormat, Task
 from services.transcription.service import RenderedTranscript
 
 router = APIRouter(prefix="/v1/audio", tags=["audio"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from services.core.settings import JobsSettings
-from services.transcription.models import SAMPLE_RATE, Waveform
+from services.transcription.domain import SAMPLE_RATE, Waveform
 from services.transcription.silence import Span, pause_cut
 
 CHUNKS_IN_FLIGHT = 2

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.jobs.failures import ATTEMPTS_EXHAUSTED, LOST_EVERY_ATTEMPT, MODEL_NOT_SERVED
-from services.jobs.models import (
+from services.jobs.tables import (
     ACTIVE,
     FINISHED,
     IdempotencyKey,

@@ -32,12 +32,12 @@ from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage
 from services.jobs import failures
 from services.jobs.chunking import BLOCK_S, CHUNKS_IN_FLIGHT, Chunk, Chunker, ChunkPlan, boundaries
-from services.jobs.models import Job, JobView
 from services.jobs.repository import JobRepository
 from services.jobs.service import JobsService
+from services.jobs.tables import Job
+from services.jobs.views import JobView
 from services.transcription.audio import AudioDecoder, scan_duration_s
-from services.transcription.merge import ChunkTranscript, merge_chunks
-from services.transcription.models import (
+from services.transcription.domain import (
     DecodeOptions,
     Task,
     Transcript,
@@ -45,6 +45,7 @@ from services.transcription.models import (
     transcript_from_dict,
     transcript_to_dict,
 )
+from services.transcription.merge import ChunkTranscript, merge_chunks
 from services.transcription.result_cache import ResultCache
 from services.transcription.service import Transcriber
 

@@ -29,11 +29,12 @@ from services.core.logging import get_logger
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage, StoredAudio
 from services.jobs.chunking import estimated_chunks
-from services.jobs.models import ACTIVE, FINISHED, Job, JobPage, JobStatus, JobView
 from services.jobs.repository import JobRepository, decode_cursor
 from services.jobs.sweeper import Sweeper, SweepReport
+from services.jobs.tables import ACTIVE, FINISHED, Job, JobStatus
+from services.jobs.views import JobPage, JobView
 from services.transcription.audio import AudioTooLongError, FileTooLargeError, probe_audio
-from services.transcription.models import (
+from services.transcription.domain import (
     ResponseFormat,
     Task,
     TimestampGranularity,

@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-import services.jobs.models  # noqa: F401  (registers the tables on Base.metadata)
+import services.jobs.tables  # noqa: F401  (registers the tables on Base.metadata)
 from services.core.db import Base
 
 MIGRATION_LOCK_ID = 7_270_001

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from services.transcription.models import Segment, Transcript, TranscriptionOptions
+from services.transcription.domain import Segment, Transcript, TranscriptionOptions
 from services.transcription.packing import ItemResult, WorkItem
 
 

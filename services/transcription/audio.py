@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -46,7 +46,7 @@ from services.core.errors import (
     UnsupportedMediaTypeError,
 )
 from services.core.logging import get_logger
-from services.transcription.models import SAMPLE_RATE, Waveform
+from services.transcription.domain import SAMPLE_RATE, Waveform
 
 log = get_logger(__name__)
 
@@ -396,27 +396,6 @@ def decode_audio(source: AudioSource, *, max_duration_s: float) -> Waveform:
     with AudioDecoder(source) as decoder:
         blocks = list(decoder.blocks(max_duration_s=max_duration_s))
     return np.concatenate(blocks)
-
-
-def encode_flac(samples: Waveform) -> bytes:
-    """Write a 16 kHz mono waveform as FLAC (for test and benchmark inputs)."""
-    out = io.BytesIO()
-    write_flac([samples], out)
-    return out.getvalue()
-
-
-def write_flac(blocks: Iterable[Waveform], target: BinaryIO | str) -> None:
-    """Stream 16 kHz mono blocks into a FLAC file (long test inputs never held whole)."""
-    with av.open(target, mode="w", format="flac") as container:
-        stream = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
-        for block in blocks:
-            pcm = (np.clip(block, -1.0, 1.0) * 32767).astype(np.int16).reshape(1, -1)
-            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
 
 
 def scan_duration_s(source: AudioSource) -> float | None:

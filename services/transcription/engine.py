@@ -34,8 +34,7 @@ from faster_whisper.vad import VadOptions, get_speech_timestamps
 from services.core.logging import get_logger
 from services.core.settings import Settings
 from services.transcription.assembly import PreparedAudio, assemble
-from services.transcription.model_files import resolve_model_dir, served_model_id
-from services.transcription.models import (
+from services.transcription.domain import (
     SAMPLE_RATE,
     DecodeOptions,
     Segment,
@@ -45,6 +44,7 @@ from services.transcription.models import (
     Waveform,
     Word,
 )
+from services.transcription.model_files import resolve_model_dir, served_model_id
 from services.transcription.packing import (
     ItemResult,
     Piece,

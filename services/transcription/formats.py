@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.transcription.domain import ResponseFormat, Segment, Task, Transcript
 from services.transcription.languages import language_name
-from services.transcription.models import ResponseFormat, Segment, Task, Transcript
 
 TEXT_MEDIA_TYPES: dict[ResponseFormat, str] = {
     ResponseFormat.TEXT: "text/plain; charset=utf-8",

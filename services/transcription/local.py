@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
-from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 
 
 class LocalTranscriber:

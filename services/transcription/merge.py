@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from services.transcription.models import Segment, Transcript, Word
+from services.transcription.domain import Segment, Transcript, Word
 from services.transcription.silence import pauses_in
 
 SAME_WORD_S = 0.6

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from services.transcription.models import (
+from services.transcription.domain import (
     SAMPLE_RATE,
     DecodeOptions,
     Segment,

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from services.core.settings import WhisperSettings
 from services.transcription import audio
-from services.transcription.models import (
+from services.transcription.domain import (
     Transcript,
     TranscriptionOptions,
     transcript_from_dict,

@@ -14,8 +14,7 @@ from typing import Any, BinaryIO, Protocol
 from services.core.errors import InvalidRequestError
 from services.transcription import formats
 from services.transcription.audio import AudioTooLongError, FileTooLargeError, decode_audio
-from services.transcription.languages import LANGUAGE_NAMES
-from services.transcription.models import (
+from services.transcription.domain import (
     DecodeOptions,
     ResponseFormat,
     Task,
@@ -24,6 +23,7 @@ from services.transcription.models import (
     TranscriptionOptions,
     Waveform,
 )
+from services.transcription.languages import LANGUAGE_NAMES
 from services.transcription.result_cache import ResultCache, sha256_of
 
 OPENAI_MODEL_ALIAS = "whisper-1"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.transcription.models import SAMPLE_RATE, Waveform
+from services.transcription.domain import SAMPLE_RATE, Waveform
 
 Span = tuple[int, int]
 """[start, end) in samples."""

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import redis
 
-from deployments import local
 from services.migrations import upgrade
+from tests import serve_local as local
 from tests.servers import create_database, drop_database
 
 BASE_APP_NAME = "rayscribe-base"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from ray.serve.context import _get_global_client
 from ray.serve.schema import ServeDeploySchema
 
-from deployments import local
+from tests import serve_local as local
 
 
 @contextlib.contextmanager

@@ -6,9 +6,9 @@ import httpx
 import pytest
 
 from services.transcription.audio import decode_audio
+from services.transcription.domain import DecodeOptions, Task, TranscriptionOptions
 from services.transcription.engine import WhisperEngine
 from services.transcription.languages import language_name
-from services.transcription.models import DecodeOptions, Task, TranscriptionOptions
 from tests.conftest import FOREIGN, Clip, report, word_error_rate
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from services.transcription.audio import decode_audio, encode_flac
+from services.transcription.audio import decode_audio
+from services.transcription.domain import SAMPLE_RATE, TranscriptionOptions
 from services.transcription.engine import WhisperEngine
-from services.transcription.models import SAMPLE_RATE, TranscriptionOptions
+from tests.audio_variants import encode_flac
 from tests.conftest import DISTINCT, ENGLISH, Clip, report, word_error_rate, words_of
 
 pytestmark = pytest.mark.integration

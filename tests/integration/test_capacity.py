@@ -66,7 +66,7 @@ async def _probe(client: httpx.AsyncClient, rounds: int) -> dict[str, list[float
 async def _queued_jobs(database_url: str, count: int) -> list[str]:
     """Job rows that stay queued for the test's life: not due for a day, so no tracker
     claims them (a submitted job would run, finish and close its streams)."""
-    from services.jobs.models import Job
+    from services.jobs.tables import Job
 
     now = utcnow()
     engine = create_async_engine(database_url)

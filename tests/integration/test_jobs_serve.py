@@ -13,7 +13,7 @@ import pytest
 import ray
 
 from cluster.job_tracker import NAMESPACE, tracker_name
-from deployments import local
+from tests import serve_local as local
 from tests.conftest import ENGLISH, report, word_error_rate
 from tests.integration.serve_admin import whisper_queue_limit
 

@@ -14,7 +14,7 @@ import pytest
 import ray
 
 from cluster.job_tracker import NAMESPACE, tracker_name
-from deployments import local
+from tests import serve_local as local
 from tests.conftest import report, word_error_rate
 from tests.long_audio import build
 

@@ -11,8 +11,8 @@ import webvtt
 from openai import OpenAI
 
 from services.transcription.audio import decode_audio
+from services.transcription.domain import TranscriptionOptions
 from services.transcription.engine import WhisperEngine
-from services.transcription.models import TranscriptionOptions
 from tests.conftest import DISTINCT, ENGLISH, HOSTILE, TWO_HOURS, report, word_error_rate
 
 pytestmark = pytest.mark.integration

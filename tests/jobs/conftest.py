@@ -20,15 +20,15 @@ import pytest
 import redis.asyncio
 from sqlalchemy import text
 
-from deployments.api import create_app
 from deployments.dependencies import build_container
+from deployments.fastapi_app import create_app
 from services.core.settings import Settings
 from services.jobs.runner import JobRunner
 from services.jobs.wiring import JobRuntime, build_job_runtime
 from services.migrations import upgrade as migrate
+from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
-from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 from tests.servers import create_database, drop_database, shared_redis_url
 
 TABLES = "jobs, job_results, job_chunks, idempotency_keys, tracker_incarnations"

@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 from sqlalchemy import text
 
+from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.local import LocalTranscriber
-from services.transcription.models import Transcript, TranscriptionOptions, Waveform
 from tests.conftest import DISTINCT, HOSTILE, report
 from tests.jobs.conftest import JobsEnv
 

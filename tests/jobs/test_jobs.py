@@ -11,9 +11,10 @@ import pytest
 import srt
 import webvtt
 
-from services.jobs.models import JobStatus
-from services.transcription.audio import decode_audio, encode_flac
-from services.transcription.models import SAMPLE_RATE
+from services.jobs.tables import JobStatus
+from services.transcription.audio import decode_audio
+from services.transcription.domain import SAMPLE_RATE
+from tests.audio_variants import encode_flac
 from tests.conftest import DISTINCT, ENGLISH, HOSTILE, word_error_rate
 from tests.jobs.conftest import JobsEnv
 

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from services.jobs.wiring import build_job_runtime
-from services.transcription.local import LocalTranscriber
-from services.transcription.models import (
+from services.transcription.domain import (
     DecodeOptions,
     TranscriptionOptions,
 )
+from services.transcription.local import LocalTranscriber
 from tests.conftest import ENGLISH, report, word_error_rate
 from tests.jobs.conftest import CountingTranscriber, JobsEnv
 from tests.jobs.tracker_process import serve_model

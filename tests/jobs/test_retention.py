@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.clock import utcnow
-from services.jobs.models import IdempotencyKey, Job, JobChunk, JobResult, JobStatus
+from services.jobs.tables import IdempotencyKey, Job, JobChunk, JobResult, JobStatus
 from tests.conftest import DISTINCT, report
 from tests.jobs.conftest import JobsEnv
 

@@ -15,8 +15,9 @@ from sqlalchemy import text
 from services.core.cache import Cache, MemoryCache, RedisCache, create_cache
 from services.core.clock import utcnow
 from services.core.settings import RedisSettings
-from services.jobs.models import JobStatus, JobView
 from services.jobs.repository import JobRepository
+from services.jobs.tables import JobStatus
+from services.jobs.views import JobView
 from tests.conftest import DISTINCT, TWO_HOURS
 from tests.jobs.conftest import JobsEnv, build_env, close_env, make_settings
 

@@ -28,8 +28,8 @@ from services.core.settings import Settings
 from services.jobs.repository import JobRepository
 from services.jobs.runner import JobRunner
 from services.migrations import upgrade as migrate
+from services.transcription.domain import Segment, Transcript, TranscriptionOptions, Waveform
 from services.transcription.local import LocalTranscriber
-from services.transcription.models import Segment, Transcript, TranscriptionOptions, Waveform
 from tests.conftest import DISTINCT, report, word_error_rate
 from tests.jobs.conftest import JobsEnv
 

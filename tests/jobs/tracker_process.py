@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from services.jobs.wiring import build_job_runtime
-from services.transcription.models import (
+from services.transcription.domain import (
     DecodeOptions,
     Task,
     Transcript,

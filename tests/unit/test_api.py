@@ -12,8 +12,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from deployments.api import create_app
 from deployments.dependencies import build_container
+from deployments.fastapi_app import create_app
 from services.core.settings import Settings
 from services.jobs.wiring import build_job_runtime
 from services.migrations import upgrade as migrate

@@ -24,7 +24,7 @@ from services.transcription.audio import (
     probe_audio,
     scan_duration_s,
 )
-from services.transcription.models import SAMPLE_RATE
+from services.transcription.domain import SAMPLE_RATE
 from tests import audio_variants
 from tests.audio_variants import speech
 from tests.conftest import ENGLISH, FIXTURES, FORMATS, HOSTILE, SILENCE, TWO_HOURS

@@ -20,15 +20,15 @@ from services.transcription.audio import (
     ACCEPTED_CONTAINERS,
     AudioDecoder,
     decode_audio,
-    encode_flac,
     probe_audio,
 )
+from services.transcription.domain import SAMPLE_RATE, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
-from services.transcription.models import SAMPLE_RATE, TranscriptionOptions, Waveform
 from tests.audio_variants import (
     Variant,
     compare,
     encode,
+    encode_flac,
     fixture_audio,
     matrix,
     resample,

@@ -9,7 +9,7 @@ import pytest
 
 from services.core.cache import CircuitBreaker, FallbackCache, MemoryCache, RedisCache
 from services.transcription import audio
-from services.transcription.models import Transcript, TranscriptionOptions
+from services.transcription.domain import Transcript, TranscriptionOptions
 from services.transcription.result_cache import ResultCache, engine_version
 from tests.conftest import report
 from tests.servers import PrivateRedis

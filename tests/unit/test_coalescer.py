@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from services.transcription.coalescer import AbandonedError, BatchCoalescer
-from services.transcription.models import SAMPLE_RATE, DecodeOptions, Segment
+from services.transcription.domain import SAMPLE_RATE, DecodeOptions, Segment
 from services.transcription.packing import ItemResult, Piece, WorkItem
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from services.transcription.assembly import assemble
 from services.transcription.audio import decode_audio
+from services.transcription.domain import SAMPLE_RATE, DecodeOptions, TranscriptionOptions
 from services.transcription.engine import WhisperEngine
-from services.transcription.models import SAMPLE_RATE, DecodeOptions, TranscriptionOptions
 from services.transcription.packing import Piece, WorkItem
 from tests.conftest import DISTINCT, ENGLISH, SILENCE, report, word_error_rate, words_of
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from deployments.api import create_app
 from deployments.dependencies import build_container
+from deployments.fastapi_app import create_app
 from services.core.settings import Settings
 from services.jobs.streams import StreamLimiter
 from services.jobs.wiring import build_job_runtime

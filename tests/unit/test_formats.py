@@ -2,7 +2,7 @@ import srt
 import webvtt
 
 from services.transcription import formats
-from services.transcription.models import Segment, Task, Transcript, Word
+from services.transcription.domain import Segment, Task, Transcript, Word
 
 
 def _transcript() -> Transcript:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from services.transcription.models import SAMPLE_RATE, DecodeOptions, Segment, Word
+from services.transcription.domain import SAMPLE_RATE, DecodeOptions, Segment, Word
 from services.transcription.packing import (
     ITEM_GAP_SAMPLES,
     WINDOW_SAMPLES,

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.api import create_app
 from deployments.dependencies import build_container
+from deployments.fastapi_app import create_app
 from services.core.health import HeldStatus, Refresher
 from services.core.settings import Settings
 from services.jobs.wiring import build_job_runtime

@@ -11,9 +11,9 @@ import pytest
 
 from services.core.settings import JobsSettings
 from services.jobs.chunking import Chunker, ChunkPlan, boundaries
+from services.transcription.domain import SAMPLE_RATE as SR
+from services.transcription.domain import DecodeOptions, Segment, Transcript, Word
 from services.transcription.merge import ChunkTranscript, merge_chunks
-from services.transcription.models import SAMPLE_RATE as SR
-from services.transcription.models import DecodeOptions, Segment, Transcript, Word
 from services.transcription.packing import split_into_items, unheard_tail
 from services.transcription.silence import pause_cut, pauses_in, quietest_sample
 

@@ -8,9 +8,10 @@ from pydantic import ValidationError
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
-from deployments.transcriber import BatchingConfig, ServeTranscriber
+from cluster.whisper_client import ServeTranscriber
+from deployments.transcriber import BatchingConfig
 from services.core.errors import OverloadedError, UnavailableError
-from services.transcription.models import TranscriptionOptions
+from services.transcription.domain import TranscriptionOptions
 
 
 class _FailingMethod:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from deployments.controllers import health, jobs, models, transcriptions
+from deployments.controllers import health, jobs, model_list, transcriptions
 from deployments.dependencies import Container
 from deployments.errors import install_error_handlers
 from deployments.middleware import (
@@ -35,7 +35,7 @@ def create_app(container: Container) -> FastAPI:
             per_client=server.sse_max_streams_per_client if server.trusted_client_header else None,
         )
     )
-    for router in (transcriptions.router, jobs.router, models.router, health.router):
+    for router in (transcriptions.router, jobs.router, model_list.router, health.router):
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(StorageGuardMiddleware, settings=container.settings)

@@ -1,0 +1,51 @@
+"""The client of the Whisper deployment, shared by the ingress and the job tracker.
+
+It implements the services' `Transcriber` protocol over a Serve handle, so neither caller
+imports the deployment itself (`cluster/` never imports from `deployments/`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from services.core.errors import OverloadedError, UnavailableError
+from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
+
+
+class ServeTranscriber:
+    """The services' `Transcriber` protocol over a handle to `WhisperTranscriber`.
+
+    Maps Serve's failures to service errors: a full queue is 503 with `Retry-After`, not
+    the 500 Serve would otherwise show; a replica that died mid-request is 503 too.
+    """
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
+    ) -> Transcript:
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        try:
+            transcript: Transcript = await self._handle.transcribe.remote(
+                audio, options, request_id, background
+            )
+        except BackPressureError as exc:
+            raise OverloadedError(
+                "The transcription service is at capacity; retry shortly.", retry_after_s=2
+            ) from exc
+        except RayActorError as exc:
+            raise UnavailableError(
+                "The transcription replica stopped while handling the request; retry it.",
+                retry_after_s=2,
+            ) from exc
+        return transcript
+
+    async def ready(self) -> bool:
+        ready: bool = await self._handle.ready.remote()
+        return ready
