@@ -1,0 +1,1 @@
+"""Who is calling: verified identities (JWT) and the roles they hold."""
