@@ -1,11 +1,22 @@
 """The asynchronous jobs use case: submit, read, cancel, list, follow.
 
+Transactions, one rule for all of `services/jobs`:
+- Repositories (`repository.py`, `leases.py`) never commit, roll back or begin; they run
+  statements in the session they are given.
+- One service method is one unit of work: it opens exactly one `transaction()`, does all
+  its reads and writes in it, and owns it whoever calls it (a controller, the tracker, a
+  test). No method takes a session from its caller or runs inside a caller's transaction.
+  Here that is each public method of `JobsService`; in the runner each step of a job
+  (`execution.py`) and each turn of the claim loop (`runner.py`). Work that is long by
+  nature runs as many units: the sweep (one per batch, `sweeper.py`), a stream of events
+  (one per read).
+- Anything outside the database (audio storage, the status cache, events, the tracker's
+  nudge) happens before the transaction or after it committed, and is told what that
+  transaction committed (`JobEvents`), never what a later read happens to see.
+
 A submission is acknowledged (202) only once its audio and its row are durable: the audio
 is streamed to storage and hashed, the row (and its idempotency key) committed in one
-transaction. Redis, when configured, caches status reads and carries events; it is told
-about changes after the commit and is never needed for correctness. Every cached status
-carries the row's `version` and is written with `set_if_newer`, so a late writer holding an
-older view never replaces a newer one; decisions (DELETE) read the row, never the cache.
+transaction. Decisions (DELETE) read the row, never the status cache.
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ from services.core.logging import get_logger
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage, StoredAudio
 from services.jobs.chunking import estimated_chunks
+from services.jobs.events import JobEvents
 from services.jobs.repository import JobRepository, decode_cursor
 from services.jobs.sweeper import Sweeper, SweepReport
-from services.jobs.tables import ACTIVE, FINISHED, Job, JobStatus
+from services.jobs.tables import ACTIVE, Job, JobStatus
 from services.jobs.views import JobPage, JobView
 from services.transcription.audio import AudioTooLongError, FileTooLargeError, probe_audio
 from services.transcription.domain import (
@@ -47,9 +59,6 @@ log = get_logger(__name__)
 
 ANONYMOUS_SCOPE = "anonymous"
 MAX_PAGE = 100
-EVENT_POLL_S = 1.0
-STATUS_KEY = "rayscribe:job:{}"
-EVENTS_CHANNEL = "rayscribe:job-events:{}"
 SWEEP_BUDGET_S = 10.0
 """Longest one retention sweep runs before it yields back to the tracker's loop."""
 
@@ -80,13 +89,12 @@ class JobsService:
     ) -> None:
         self._sessions = sessions
         self._storage = storage
-        self._cache = cache
         self._settings = settings
-        self._status_ttl_s = status_ttl_s
         self.model_id = model_id
-        self._nudge = nudge
+        self.job_events = JobEvents(cache=cache, status_ttl_s=status_ttl_s, nudge=nudge)
+        """Status cache, events and nudges: the runner announces through this one too."""
         self._sweeper = Sweeper(
-            sessions=sessions, storage=storage, settings=settings, evict=self._evict
+            sessions=sessions, storage=storage, settings=settings, evict=self.job_events.evict
         )
 
     # -- submit -------------------------------------------------------------------------
@@ -201,17 +209,13 @@ class JobsService:
     # -- reads --------------------------------------------------------------------------
 
     async def get(self, job_id: str, owner: str | None) -> JobView:
-        """Read through the shared status cache. A process-local cache would go stale (the
-        tracker writes from another process), so without Redis every read is a query."""
+        """Read through the shared status cache (without Redis every read is a query)."""
         _check_id(job_id)
-        shared = self._cache.shared
-        cached = await self._cache.get(STATUS_KEY.format(job_id)) if shared else None
-        if cached:
-            view = JobView.model_validate_json(cached)
-        else:
+        view = await self.job_events.cached(job_id)
+        if view is None:
             view = await self._read(job_id)
-            if shared:  # a change committed since our read has a higher version and wins
-                await self._cache_view(view)
+            # A change committed since our read has a higher version and wins.
+            await self.job_events.remember(view)
         if owner is not None and view.owner != owner:
             raise _not_found(job_id)
         return view
@@ -316,21 +320,11 @@ class JobsService:
             log.info("retention_swept", **asdict(report))
         return report
 
-    async def _evict(self, job_ids: list[str]) -> None:
-        if self._cache.shared:
-            for job_id in job_ids:
-                await self._cache.delete(STATUS_KEY.format(job_id))
-
     # -- events -------------------------------------------------------------------------
 
     async def changed(self, view: JobView) -> None:
         """After a committed change: refresh the status cache, publish the event."""
-        if self._cache.shared:
-            payload = view.model_dump_json()
-            await self._cache_view(view, payload)
-            await self._cache.publish(EVENTS_CHANNEL.format(view.id), payload)
-        if view.status is JobStatus.QUEUED:
-            self._nudge()
+        await self.job_events.changed(view)
 
     async def refresh(self, job_ids: Sequence[str]) -> None:
         """After a change made in bulk (the tracker's requeues): re-read those jobs and
@@ -340,50 +334,11 @@ class JobsService:
         async with transaction(self._sessions) as session:
             jobs = await JobRepository(session).get_many(list(job_ids))
         for job in jobs:
-            await self.changed(JobView.of(job))
+            await self.job_events.changed(JobView.of(job))
 
-    async def _cache_view(self, view: JobView, payload: str | None = None) -> None:
-        """Cache `view` unless the cache already holds a newer version of the job."""
-        await self._cache.set_if_newer(
-            STATUS_KEY.format(view.id),
-            payload or view.model_dump_json(),
-            view.version,
-            self._status_ttl_s,
-        )
-
-    async def events(self, job_id: str, owner: str | None) -> AsyncIterator[JobView]:
-        """Status changes of one job until it finishes: pub/sub when shared, else polling.
-
-        The database is re-read whenever the subscription is quiet, so a change published
-        between the first read and the subscription is never missed.
-        """
-        view = await self.get(job_id, owner)
-        yield view
-        if view.status in FINISHED:
-            return
-        subscription = (
-            self._cache.subscribe(EVENTS_CHANNEL.format(job_id)) if self._cache.shared else None
-        )
-        last = view
-        try:
-            while last.status not in FINISHED:
-                if subscription is not None:
-                    message = await anext(subscription)
-                    current = (
-                        JobView.model_validate_json(message)
-                        if message
-                        else await self._read(job_id)
-                    )
-                else:
-                    await asyncio.sleep(EVENT_POLL_S)
-                    current = await self._read(job_id)
-                # Messages may arrive out of order (two writers): never step back in time.
-                if current != last and current.version >= last.version:
-                    last = current
-                    yield current
-        finally:
-            if subscription is not None:
-                await subscription.aclose()  # type: ignore[attr-defined]
+    def events(self, job_id: str, owner: str | None) -> AsyncIterator[JobView]:
+        """Status changes of one job until it finishes (see `JobEvents.follow`)."""
+        return self.job_events.follow(job_id, lambda: self.get(job_id, owner), self._read)
 
 
 def _render_request(

@@ -311,9 +311,9 @@ async def test_a_restarted_tracker_takes_over_leases_at_once(env_factory: Factor
     await crashed.start()
     async with env.runner_runtime.sessions() as session, session.begin():
         from services.core.clock import utcnow
-        from services.jobs.repository import JobRepository
+        from services.jobs.leases import LeaseRepository
 
-        claimed = await JobRepository(session).claim(
+        claimed = await LeaseRepository(session).claim(
             model="tiny.en", epoch=crashed.epoch, limit=1, now=utcnow(), lease_s=600
         )
     assert [job.id for job in claimed] == [job_id]
@@ -326,9 +326,9 @@ async def test_a_restarted_tracker_takes_over_leases_at_once(env_factory: Factor
     # The dead incarnation's late writes are fenced off.
     async with env.runner_runtime.sessions() as session, session.begin():
         from services.core.clock import utcnow
-        from services.jobs.repository import JobRepository
+        from services.jobs.leases import LeaseRepository
 
-        late = await JobRepository(session).succeed(
+        late = await LeaseRepository(session).succeed(
             job_id=job_id, epoch=crashed.epoch, transcript={}, duration_s=0.0, now=utcnow()
         )
     assert late is False

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from services.core.cache import Cache, MemoryCache, RedisCache, create_cache
 from services.core.clock import utcnow
 from services.core.settings import RedisSettings
-from services.jobs.repository import JobRepository
+from services.jobs.leases import LeaseRepository
 from services.jobs.tables import JobStatus
 from services.jobs.views import JobView
 from tests.conftest import DISTINCT, TWO_HOURS
@@ -115,7 +115,7 @@ async def test_after_a_bulk_requeue_the_cached_status_is_queued(env_factory: Fac
     job_id = (await env.submit(DISTINCT[0].path)).json()["id"]
     runtime = env.runner_runtime
     async with runtime.sessions() as session, session.begin():
-        repo = JobRepository(session)
+        repo = LeaseRepository(session)
         epoch = await repo.start_incarnation(name="crashed", model="tiny.en", now=utcnow())
         (claimed,) = await repo.claim(
             model="tiny.en", epoch=epoch, limit=1, now=utcnow(), lease_s=600
@@ -124,7 +124,7 @@ async def test_after_a_bulk_requeue_the_cached_status_is_queued(env_factory: Fac
     assert (await env.client.get(f"/v1/jobs/{job_id}")).json()["status"] == "running"
     # A successor takes the lease over in bulk; its requeue refreshes the status cache.
     async with runtime.sessions() as session, session.begin():
-        repo = JobRepository(session)
+        repo = LeaseRepository(session)
         successor = await repo.start_incarnation(name="crashed", model="tiny.en", now=utcnow())
         await repo.requeue_lost(name="crashed", token=successor, now=utcnow())
     await runtime.jobs.refresh([job_id])

@@ -25,7 +25,7 @@ from cluster.job_tracker import TrackerProcess
 from services.core.clock import utcnow
 from services.core.errors import OverloadedError, UnavailableError
 from services.core.settings import Settings
-from services.jobs.repository import JobRepository
+from services.jobs.leases import LeaseRepository
 from services.jobs.runner import JobRunner
 from services.migrations import upgrade as migrate
 from services.transcription.domain import Segment, Transcript, TranscriptionOptions, Waveform
@@ -60,7 +60,7 @@ async def test_a_lease_is_taken_over_at_once_by_its_own_tracker_only(env_factory
     (job_id,) = await submit_all(env, 1)
     now = utcnow()
     async with env.runner_runtime.sessions() as session, session.begin():
-        repo = JobRepository(session)
+        repo = LeaseRepository(session)
         blue = await repo.start_incarnation(name="blue", model="tiny.en", now=now)
         green = await repo.start_incarnation(name="green", model="tiny.en", now=now)
         assert blue != green  # tokens are global, not per tracker name
