@@ -62,11 +62,6 @@ class AudioMissingError(ServiceError):
     default_code = "audio_deleted"
 
 
-def is_permanent(exc: BaseException) -> bool:
-    """A client-side problem (bad audio): retrying cannot help."""
-    return failures.describe(exc).permanent
-
-
 def job_transcription_options(job: Job) -> TranscriptionOptions:
     """Jobs always keep word timestamps: any format can be asked for later."""
     decode = DecodeOptions(

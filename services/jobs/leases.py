@@ -227,7 +227,7 @@ class LeaseRepository(Repository):
         return {row.index: row.transcript for row in rows}
 
     async def cut_points(self, job_id: str) -> list[float]:
-        """The chunk boundaries recorded so far (see `JobRunner`): empty for a fresh job."""
+        """The chunk boundaries recorded so far (see `execution.py`): empty for a fresh job."""
         stored = await self.session.scalar(select(Job.cut_points).where(Job.id == job_id))
         return [float(value) for value in stored or []]
 
