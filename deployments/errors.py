@@ -52,10 +52,17 @@ STATUS_MEANINGS: dict[int | str, str] = {
 }
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int, by_reference: bool = False) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of a route: these statuses, then any other 4XX and 5XX. Declaring
-    `4XX` also keeps FastAPI's 422 (which this API never sends) out of the schema."""
+    `4XX` also keeps FastAPI's 422 (which this API never sends) out of the schema.
+
+    FastAPI files a `model` under the route's own media type; a route whose successes are
+    not JSON (an event stream) refers to the schema instead (`by_reference`), which another
+    route's `model` has put into the components."""
     keys: list[int | str] = [*statuses, "4XX", "5XX"]
+    if by_reference:
+        json = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        return {key: {"description": STATUS_MEANINGS[key], "content": json} for key in keys}
     return {key: {"model": ErrorResponse, "description": STATUS_MEANINGS[key]} for key in keys}
 
 

@@ -169,7 +169,7 @@ async def _stream_slot(
     "/{job_id}/events",
     response_class=EventSourceResponse,
     summary="Server-Sent Events of a job's status changes",
-    responses=error_responses(400, 404, 429),
+    responses=error_responses(400, 404, 429, by_reference=True),
 )
 async def job_events(
     job_id: str,

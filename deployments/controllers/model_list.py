@@ -26,7 +26,7 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-@router.get("")
+@router.get("", responses=error_responses())
 async def list_models(service: TranscriptionServiceDep) -> ModelList:
     return ModelList(data=[ModelCard(id=service.model_id)])
 
