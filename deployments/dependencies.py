@@ -58,7 +58,6 @@ def build_container(
             transcriber,
             runtime.results,
             model_id=model_id,
-            max_upload_bytes=settings.server.max_upload_bytes,
             sync_max_duration_s=settings.server.sync_max_duration_s,
         ),
         jobs=runtime.jobs,

@@ -3,7 +3,8 @@
 
 Service errors carry their own status; FastAPI's validation errors become 400
 `invalid_request_error` (not its default 422 `{"detail": ...}`); anything unexpected is a
-logged 500 that reveals nothing internal.
+logged 500 that reveals nothing internal. `ErrorResponse` is that body as a type, declared
+on the routes through `error_responses`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,56 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
 
 log = get_logger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, as OpenAI sends it."""
+
+    error: ErrorDetail
+
+
+STATUS_MEANINGS: dict[int | str, str] = {
+    400: "A field or header is missing or wrong; `param` names it.",
+    404: "No such job or model.",
+    408: "The request body arrived too slowly and was cut off.",
+    409: "The job is not in a state that allows this, or the Idempotency-Key was reused.",
+    410: "The job's result or audio was deleted.",
+    413: "The body is larger than this endpoint accepts, or the audio is too long.",
+    415: "The file is not audio this server can decode.",
+    429: "Too many open event streams; retry after `Retry-After` seconds.",
+    503: "Overloaded or a dependency is down; retry after `Retry-After` seconds.",
+    507: "The server's disk is too full to take the upload.",
+    "4XX": "Any other client error (405, 429...), with the same body.",
+    "5XX": "A server error, with the same body; nothing internal is revealed.",
+}
+
+
+def error_responses(*statuses: int, by_reference: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The `responses=` of a route: these statuses, then any other 4XX and 5XX. Declaring
+    `4XX` also keeps FastAPI's 422 (which this API never sends) out of the schema.
+
+    FastAPI files a `model` under the route's own media type; a route whose successes are
+    not JSON (an event stream) refers to the schema instead (`by_reference`), which another
+    route's `model` has put into the components."""
+    keys: list[int | str] = [*statuses, "4XX", "5XX"]
+    if by_reference:
+        json = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        return {key: {"description": STATUS_MEANINGS[key], "content": json} for key in keys}
+    return {key: {"model": ErrorResponse, "description": STATUS_MEANINGS[key]} for key in keys}
 
 
 class ServiceHTTPException(HTTPException):
@@ -32,7 +77,8 @@ class ServiceHTTPException(HTTPException):
 def error_body(
     message: str, *, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    detail = ErrorDetail(message=message, type=error_type, param=param, code=code)
+    return ErrorResponse(error=detail).model_dump()
 
 
 def error_response(error: ServiceError) -> JSONResponse:

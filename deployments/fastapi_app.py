@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from deployments.api_docs import serve_docs
 from deployments.controllers import health, jobs, model_list, transcriptions
 from deployments.dependencies import Container
 from deployments.errors import install_error_handlers
 from deployments.middleware import (
-    MULTIPART_OVERHEAD_BYTES,
     BodyLimitMiddleware,
     RequestContextMiddleware,
     SlowBodyMiddleware,
@@ -17,14 +17,18 @@ from deployments.storage_guard import StorageGuardMiddleware
 from services.jobs.streams import StreamCaps, StreamLimiter
 
 DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024
+TITLE = "rayscribe"
 
 
 def create_app(container: Container) -> FastAPI:
     app = FastAPI(
-        title="rayscribe",
+        title=TITLE,
         summary="OpenAI-compatible speech transcription on Ray Serve.",
         version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
     )
+    serve_docs(app, title=TITLE)
     app.state.container = container
     server = container.settings.server
     # Open event streams are counted per replica, so the limiter lives with the app.
@@ -39,13 +43,13 @@ def create_app(container: Container) -> FastAPI:
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(StorageGuardMiddleware, settings=container.settings)
-    upload_limit = container.settings.server.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    # The one check of the upload size: the whole body, counted as it streams in.
     app.add_middleware(
         BodyLimitMiddleware,
         limits={
-            "/v1/audio/transcriptions": upload_limit,
-            "/v1/audio/translations": upload_limit,
-            "/v1/jobs": container.settings.jobs.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+            "/v1/audio/transcriptions": server.max_upload_bytes,
+            "/v1/audio/translations": server.max_upload_bytes,
+            "/v1/jobs": container.settings.jobs.max_upload_bytes,
         },
         default_limit_bytes=DEFAULT_BODY_LIMIT_BYTES,
     )

@@ -22,9 +22,6 @@ from services.transcription.audio import FileTooLargeError
 
 log = get_logger(__name__)
 
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
-"""Room for the form fields and boundaries around the file part."""
-
 SAFE_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 """A client's X-Request-ID is kept if it is 1-128 visible ASCII characters; else replaced."""
 
@@ -76,10 +73,14 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over a per-path limit with 413.
+    """Refuses request bodies over a per-path limit with 413: the only upload size check.
 
     Refused at once when `Content-Length` says so; otherwise the bytes are counted while
-    they stream in and the request fails as soon as the limit is passed.
+    they stream in and the request fails as soon as the limit is passed, before the form
+    parser has spooled more. The limit covers the whole body (the file and the few hundred
+    bytes of form fields around it), so no later check of the file's size is needed.
+    FastAPI's own `max_body_size` is not used: it answers a too-long `Content-Length` with
+    a plain-text 413 that no exception handler sees, not OpenAI's error body.
     """
 
     def __init__(

@@ -1,32 +1,36 @@
-"""The OpenAI multipart fields, declared once for every endpoint that takes audio."""
+"""What every audio endpoint takes, declared once: the file and the request's fields.
+
+The fields are one model, `TranscriptionRequest`, read from the multipart form by FastAPI
+(`Form()` on a model), so the routes, the jobs table and `/docs` share one definition.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import File, Form, UploadFile
 
-from services.transcription.domain import ResponseFormat, TimestampGranularity
+from deployments.errors import error_responses
+from services.transcription.request import TranscriptionRequest
+from services.transcription.responses import TranscriptionJSON, TranscriptionVerbose
 
 FileField = Annotated[
     UploadFile, File(description="The audio file (flac, mp3, mp4, m4a, ogg, wav, webm...).")
 ]
-ModelField = Annotated[str, Form(description="`whisper-1` or the served model id.")]
-LanguageField = Annotated[str | None, Form(description="ISO-639-1 code; detected if absent.")]
-PromptField = Annotated[str | None, Form(description="Text to guide the model's style.")]
-FormatField = Annotated[ResponseFormat, Form()]
-TemperatureField = Annotated[float, Form(description="Sampling temperature, 0 to 1.")]
-# The official client sends one `timestamp_granularities[]` field per value; without the
-# alias FastAPI silently reads nothing. The bracket-less spelling (curl users) works too.
-GranularitiesField = Annotated[
-    list[TimestampGranularity] | None, Form(alias="timestamp_granularities[]")
-]
-PlainGranularitiesField = Annotated[
-    list[TimestampGranularity] | None, Form(alias="timestamp_granularities")
-]
+RequestForm = Annotated[TranscriptionRequest, Form()]
 
+TRANSCRIPT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The transcript in the requested `response_format`: an object for "
+        "`json` and `verbose_json`, text for `text`, `srt` and `vtt`.",
+        "model": TranscriptionJSON | TranscriptionVerbose,
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/x-subrip": {"schema": {"type": "string"}},
+            "text/vtt": {"schema": {"type": "string"}},
+        },
+    },
+}
+"""The `responses=` of every route that answers with a transcript."""
 
-def granularities(
-    bracketed: list[TimestampGranularity] | None, plain: list[TimestampGranularity] | None
-) -> list[TimestampGranularity]:
-    return [*(bracketed or []), *(plain or [])]
+UPLOAD_ERRORS = error_responses(400, 408, 413, 415, 503, 507)

@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
 from deployments.dependencies import ReadinessServiceDep
 
 router = APIRouter(tags=["health"])
 
 
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """`status`, then one `ok`/`down...` entry per check (`model`, `database`, `redis`...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ready", "unavailable"]
+
+
+READINESS: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Every required check is ok."},
+    503: {"model": Readiness, "description": "A required check failed; see its entry."},
+}
+
+
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
+async def healthz() -> Liveness:
     """Liveness: the ingress answers. Cheap, touches nothing else."""
-    return {"status": "ok"}
+    return Liveness()
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=READINESS)
 async def readyz(readiness: ReadinessServiceDep) -> JSONResponse:
     """Readiness: 200 when every required check (model, database) is ok, else 503.
 

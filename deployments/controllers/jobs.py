@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from deployments.controllers.forms import (
+    TRANSCRIPT_RESPONSES,
+    UPLOAD_ERRORS,
     FileField,
-    FormatField,
-    GranularitiesField,
-    LanguageField,
-    ModelField,
-    PlainGranularitiesField,
-    PromptField,
-    TemperatureField,
-    granularities,
+    RequestForm,
 )
 from deployments.controllers.transcriptions import rendered_response
 from deployments.dependencies import JobsServiceDep, TranscriptionServiceDep
+from deployments.errors import error_responses
 from services.core.errors import InvalidRequestError
 from services.jobs.streams import Expired, Item, KeepAlive, StreamLimiter, StreamSlot, paced
 from services.jobs.tables import JobStatus
 from services.jobs.views import JobPage, JobView
-from services.transcription.domain import ResponseFormat, Task, TimestampGranularity
+from services.transcription.domain import ResponseFormat, TimestampGranularity
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -39,36 +35,38 @@ def _location(request: Request, job_id: str) -> str:
     return f"{request.scope.get('root_path', '')}/v1/jobs/{job_id}"
 
 
-@router.post("", status_code=202, summary="Submit audio for asynchronous transcription")
+SUBMITTED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Stored durably and queued (or the job this Idempotency-Key made).",
+        "headers": {
+            "Location": {"description": "The job's URL.", "schema": {"type": "string"}},
+            "Idempotent-Replayed": {
+                "description": "`true` when this answers a retry with a known key.",
+                "schema": {"type": "string"},
+            },
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit audio for asynchronous transcription",
+    responses={**SUBMITTED, **UPLOAD_ERRORS, **error_responses(409)},
+)
 async def submit_job(
     request: Request,
     response: Response,
     jobs: JobsServiceDep,
     transcription: TranscriptionServiceDep,
     file: FileField,
-    model: ModelField,
-    language: LanguageField = None,
-    prompt: PromptField = None,
-    response_format: FormatField = ResponseFormat.JSON,
-    temperature: TemperatureField = 0.0,
-    timestamp_granularities: GranularitiesField = None,
-    timestamp_granularities_plain: PlainGranularitiesField = None,
-    task: Annotated[Task, Form(description="`transcribe` or `translate` (into English).")] = (
-        Task.TRANSCRIBE
-    ),
+    form: RequestForm,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobView:
-    fields = transcription.build_request(
-        task=task,
-        model=model,
-        language=language if task is Task.TRANSCRIBE else None,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        granularities=granularities(timestamp_granularities, timestamp_granularities_plain),
-    )
+    fields = transcription.check(form.for_route(form.task))
     view, created = await jobs.submit(
-        file.file, file.size, fields, owner=None, idempotency_key=idempotency_key
+        file.file, fields, owner=None, idempotency_key=idempotency_key
     )
     response.headers["Location"] = _location(request, view.id)
     if not created:
@@ -76,7 +74,7 @@ async def submit_job(
     return view
 
 
-@router.get("", summary="Jobs, newest first")
+@router.get("", summary="Jobs, newest first", responses=error_responses(400))
 async def list_jobs(
     jobs: JobsServiceDep,
     status: JobStatus | None = None,
@@ -86,12 +84,18 @@ async def list_jobs(
     return await jobs.page(owner=None, status=status, limit=limit, cursor=cursor)
 
 
-@router.get("/{job_id}", summary="A job's status and progress")
+@router.get("/{job_id}", summary="A job's status and progress", responses=error_responses(404))
 async def get_job(job_id: str, jobs: JobsServiceDep) -> JobView:
     return await jobs.get(job_id, owner=None)
 
 
-@router.get("/{job_id}/result", summary="The transcript of a succeeded job")
+@router.get(
+    "/{job_id}/result",
+    summary="The transcript of a succeeded job",
+    description="In the format it was submitted with, unless `response_format` (and "
+    "`timestamp_granularities[]`) ask for another: every format can be had later.",
+    responses={**TRANSCRIPT_RESPONSES, **error_responses(400, 404, 409, 410)},
+)
 async def get_result(
     job_id: str,
     jobs: JobsServiceDep,
@@ -104,7 +108,11 @@ async def get_result(
     return rendered_response(rendered)
 
 
-@router.delete("/{job_id}", summary="Cancel a job, or delete a finished job's data")
+@router.delete(
+    "/{job_id}",
+    summary="Cancel a job, or delete a finished job's data",
+    responses=error_responses(404),
+)
 async def delete_job(job_id: str, jobs: JobsServiceDep) -> JobView:
     return await jobs.cancel_or_delete(job_id, owner=None)
 
@@ -161,6 +169,7 @@ async def _stream_slot(
     "/{job_id}/events",
     response_class=EventSourceResponse,
     summary="Server-Sent Events of a job's status changes",
+    responses=error_responses(400, 404, 429, by_reference=True),
 )
 async def job_events(
     job_id: str,

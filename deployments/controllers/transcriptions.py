@@ -6,19 +6,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from deployments.controllers.forms import (
+    TRANSCRIPT_RESPONSES,
+    UPLOAD_ERRORS,
     FileField,
-    FormatField,
-    GranularitiesField,
-    LanguageField,
-    ModelField,
-    PlainGranularitiesField,
-    PromptField,
-    TemperatureField,
-    granularities,
+    RequestForm,
 )
 from deployments.dependencies import TranscriptionServiceDep
-from services.transcription.domain import ResponseFormat, Task
-from services.transcription.service import RenderedTranscript
+from services.transcription.domain import Task
+from services.transcription.formats import RenderedTranscript
 
 router = APIRouter(prefix="/v1/audio", tags=["audio"])
 
@@ -29,46 +24,26 @@ def rendered_response(rendered: RenderedTranscript) -> Response:
     return Response(rendered.content, media_type=rendered.media_type)
 
 
-@router.post("/transcriptions", summary="Transcribe audio into the input language")
+@router.post(
+    "/transcriptions",
+    summary="Transcribe audio into the input language",
+    responses={**TRANSCRIPT_RESPONSES, **UPLOAD_ERRORS},
+)
 async def create_transcription(
-    service: TranscriptionServiceDep,
-    file: FileField,
-    model: ModelField,
-    language: LanguageField = None,
-    prompt: PromptField = None,
-    response_format: FormatField = ResponseFormat.JSON,
-    temperature: TemperatureField = 0.0,
-    timestamp_granularities: GranularitiesField = None,
-    timestamp_granularities_plain: PlainGranularitiesField = None,
+    service: TranscriptionServiceDep, file: FileField, form: RequestForm
 ) -> Response:
-    request = service.build_request(
-        task=Task.TRANSCRIBE,
-        model=model,
-        language=language,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        granularities=granularities(timestamp_granularities, timestamp_granularities_plain),
-    )
-    return rendered_response(await service.transcribe(file.file, file.size, request))
+    request = form.for_route(Task.TRANSCRIBE)
+    return rendered_response(await service.transcribe(file.file, request))
 
 
-@router.post("/translations", summary="Translate audio into English text")
+@router.post(
+    "/translations",
+    summary="Translate audio into English text",
+    description="`language` and `timestamp_granularities` do not apply here (as at OpenAI).",
+    responses={**TRANSCRIPT_RESPONSES, **UPLOAD_ERRORS},
+)
 async def create_translation(
-    service: TranscriptionServiceDep,
-    file: FileField,
-    model: ModelField,
-    prompt: PromptField = None,
-    response_format: FormatField = ResponseFormat.JSON,
-    temperature: TemperatureField = 0.0,
+    service: TranscriptionServiceDep, file: FileField, form: RequestForm
 ) -> Response:
-    request = service.build_request(
-        task=Task.TRANSLATE,
-        model=model,
-        language=None,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        granularities=[],
-    )
-    return rendered_response(await service.transcribe(file.file, file.size, request))
+    request = form.for_route(Task.TRANSLATE, granularities=False)
+    return rendered_response(await service.transcribe(file.file, request))

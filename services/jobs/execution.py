@@ -38,14 +38,13 @@ from services.jobs.tables import Job
 from services.jobs.views import JobView
 from services.transcription.audio import AudioDecoder, scan_duration_s
 from services.transcription.domain import (
-    DecodeOptions,
-    Task,
     Transcript,
     TranscriptionOptions,
     transcript_from_dict,
     transcript_to_dict,
 )
 from services.transcription.merge import ChunkTranscript, merge_chunks
+from services.transcription.request import TranscriptionRequest
 from services.transcription.result_cache import ResultCache
 from services.transcription.service import Transcriber
 
@@ -64,12 +63,7 @@ class AudioMissingError(ServiceError):
 
 def job_transcription_options(job: Job) -> TranscriptionOptions:
     """Jobs always keep word timestamps: any format can be asked for later."""
-    decode = DecodeOptions(
-        task=Task(job.task),
-        language=job.options.get("language"),
-        prompt=job.options.get("prompt"),
-        temperature=float(job.options.get("temperature", 0.0)),
-    )
+    decode = TranscriptionRequest.model_validate(job.options).decode_options()
     return TranscriptionOptions(decode=decode, word_timestamps=True)
 
 

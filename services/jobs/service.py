@@ -22,13 +22,11 @@ transaction. Decisions (DELETE) read the row, never the status cache.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -45,15 +43,10 @@ from services.jobs.repository import JobRepository, decode_cursor
 from services.jobs.sweeper import Sweeper, SweepReport
 from services.jobs.tables import ACTIVE, Job, JobStatus
 from services.jobs.views import JobPage, JobView
-from services.transcription.audio import AudioTooLongError, FileTooLargeError, probe_audio
-from services.transcription.domain import (
-    ResponseFormat,
-    Task,
-    TimestampGranularity,
-    TranscriptionOptions,
-    transcript_from_dict,
-)
-from services.transcription.service import RenderedTranscript, TranscriptionRequest, render
+from services.transcription.audio import AudioTooLongError, probe_audio
+from services.transcription.domain import ResponseFormat, TimestampGranularity, transcript_from_dict
+from services.transcription.formats import RenderedTranscript, render
+from services.transcription.request import TranscriptionRequest
 
 log = get_logger(__name__)
 
@@ -61,18 +54,6 @@ ANONYMOUS_SCOPE = "anonymous"
 MAX_PAGE = 100
 SWEEP_BUDGET_S = 10.0
 """Longest one retention sweep runs before it yields back to the tracker's loop."""
-
-
-def job_options(request: TranscriptionRequest) -> dict[str, Any]:
-    """What a job stores about how to decode and render it (also the idempotency fields)."""
-    decode = request.options.decode
-    return {
-        "language": decode.language,
-        "prompt": decode.prompt,
-        "temperature": decode.temperature,
-        "response_format": request.response_format.value,
-        "timestamp_granularities": sorted(g.value for g in request.granularities),
-    }
 
 
 class JobsService:
@@ -102,19 +83,13 @@ class JobsService:
     async def submit(
         self,
         upload: BinaryIO,
-        size: int | None,
         request: TranscriptionRequest,
         *,
         owner: str | None,
         idempotency_key: str | None,
     ) -> tuple[JobView, bool]:
-        """Store the audio and the job durably; returns the job and whether it is new."""
-        if size is not None and size > self._settings.max_upload_bytes:
-            raise FileTooLargeError(
-                f"The file has {size} bytes; jobs accept at most "
-                f"{self._settings.max_upload_bytes}.",
-                param="file",
-            )
+        """Store the audio and the job durably; returns the job and whether it is new.
+        The upload's size is bounded before it gets here, by the HTTP edge's body limit."""
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
             raise InvalidRequestError(
                 "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
@@ -154,16 +129,14 @@ class JobsService:
         idempotency_key: str | None,
     ) -> tuple[JobView, bool]:
         now = utcnow()
-        options = job_options(request)
-        fields = json.dumps({"task": request.task.value, **options}, sort_keys=True)
-        request_hash = hashlib.sha256(f"{stored.sha256}|{fields}".encode()).hexdigest()
+        request_hash = request.fingerprint(stored.sha256)
         job = Job(
             id=str(uuid.uuid4()),
             owner=owner,
             status=JobStatus.QUEUED,
             task=request.task.value,
             model=self.model_id,
-            options=options,
+            options=request.model_dump(mode="json"),
             audio_key=stored.key,
             audio_sha256=stored.sha256,
             audio_bytes=stored.size,
@@ -254,13 +227,10 @@ class JobsService:
             stored = await repo.result(job_id)
         if stored is None:
             raise GoneError(f"The result of job {job_id} was deleted.", code="result_deleted")
-        options = job.options
-        fmt = response_format or ResponseFormat(options["response_format"])
-        wanted = frozenset(granularities) or frozenset(
-            TimestampGranularity(g) for g in options["timestamp_granularities"]
+        request = TranscriptionRequest.model_validate(job.options)
+        return render(
+            transcript_from_dict(stored), request.rendered_as(response_format, granularities)
         )
-        request = _render_request(job.task, fmt, wanted)
-        return render(transcript_from_dict(stored), request)
 
     async def page(
         self, owner: str | None, status: JobStatus | None, limit: int, cursor: str | None
@@ -339,17 +309,6 @@ class JobsService:
     def events(self, job_id: str, owner: str | None) -> AsyncIterator[JobView]:
         """Status changes of one job until it finishes (see `JobEvents.follow`)."""
         return self.job_events.follow(job_id, lambda: self.get(job_id, owner), self._read)
-
-
-def _render_request(
-    task: str, fmt: ResponseFormat, granularities: frozenset[TimestampGranularity]
-) -> TranscriptionRequest:
-    return TranscriptionRequest(
-        task=Task(task),
-        options=TranscriptionOptions(word_timestamps=TimestampGranularity.WORD in granularities),
-        response_format=fmt,
-        granularities=granularities,
-    )
 
 
 def _check_id(job_id: str) -> None:

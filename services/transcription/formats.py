@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from services.transcription.domain import ResponseFormat, Segment, Task, Transcript
 from services.transcription.languages import language_name
+from services.transcription.request import TranscriptionRequest
+from services.transcription.responses import (
+    DurationUsage,
+    TranscriptionJSON,
+    TranscriptionSegment,
+    TranscriptionVerbose,
+    TranscriptionWord,
+)
 
 TEXT_MEDIA_TYPES: dict[ResponseFormat, str] = {
     ResponseFormat.TEXT: "text/plain; charset=utf-8",
@@ -14,47 +23,70 @@ TEXT_MEDIA_TYPES: dict[ResponseFormat, str] = {
 }
 
 
-def usage(transcript: Transcript) -> dict[str, Any]:
-    """OpenAI bills audio by duration; the same block tells clients what they sent."""
-    return {"type": "duration", "seconds": round(transcript.duration_s, 3)}
+@dataclass(frozen=True)
+class RenderedTranscript:
+    content: dict[str, Any] | str
+    media_type: str
+
+
+def render(transcript: Transcript, request: TranscriptionRequest) -> RenderedTranscript:
+    """The body the request asked for: a JSON object, or text with its media type."""
+    fmt = request.response_format
+    if fmt is ResponseFormat.JSON:
+        return RenderedTranscript(to_json(transcript), "application/json")
+    if fmt is ResponseFormat.VERBOSE_JSON:
+        body = to_verbose_json(
+            transcript,
+            task=request.task,
+            include_words=request.wants_words,
+            include_segments=request.wants_segments,
+        )
+        return RenderedTranscript(body, "application/json")
+    text = {ResponseFormat.TEXT: to_text, ResponseFormat.SRT: to_srt, ResponseFormat.VTT: to_vtt}
+    return RenderedTranscript(text[fmt](transcript), TEXT_MEDIA_TYPES[fmt])
+
+
+def usage(transcript: Transcript) -> DurationUsage:
+    return DurationUsage(seconds=round(transcript.duration_s, 3))
 
 
 def to_json(transcript: Transcript) -> dict[str, Any]:
-    return {"text": transcript.text, "usage": usage(transcript)}
+    return TranscriptionJSON(text=transcript.text, usage=usage(transcript)).model_dump(mode="json")
 
 
 def to_verbose_json(
     transcript: Transcript, *, task: Task, include_words: bool, include_segments: bool = True
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "task": task.value,
-        "language": language_name(transcript.language),
-        "duration": round(transcript.duration_s, 3),
-        "text": transcript.text,
-    }
-    if include_segments:
-        body["segments"] = [_segment_json(s) for s in transcript.segments]
-    if include_words:
-        body["words"] = [
-            {"word": w.word.strip(), "start": w.start, "end": w.end} for w in transcript.words
+    body = TranscriptionVerbose(
+        task=task,
+        language=language_name(transcript.language),
+        duration=round(transcript.duration_s, 3),
+        text=transcript.text,
+        segments=[_segment(s) for s in transcript.segments] if include_segments else None,
+        words=[
+            TranscriptionWord(word=w.word.strip(), start=w.start, end=w.end)
+            for w in transcript.words
         ]
-    body["usage"] = usage(transcript)
-    return body
+        if include_words
+        else None,
+        usage=usage(transcript),
+    )
+    return body.model_dump(mode="json", exclude_none=True)
 
 
-def _segment_json(segment: Segment) -> dict[str, Any]:
-    return {
-        "id": segment.id,
-        "seek": segment.seek,
-        "start": segment.start,
-        "end": segment.end,
-        "text": segment.text,
-        "tokens": segment.tokens,
-        "temperature": segment.temperature,
-        "avg_logprob": segment.avg_logprob,
-        "compression_ratio": segment.compression_ratio,
-        "no_speech_prob": segment.no_speech_prob,
-    }
+def _segment(segment: Segment) -> TranscriptionSegment:
+    return TranscriptionSegment(
+        id=segment.id,
+        seek=segment.seek,
+        start=segment.start,
+        end=segment.end,
+        text=segment.text,
+        tokens=segment.tokens,
+        temperature=segment.temperature,
+        avg_logprob=segment.avg_logprob,
+        compression_ratio=segment.compression_ratio,
+        no_speech_prob=segment.no_speech_prob,
+    )
 
 
 def to_text(transcript: Transcript) -> str:

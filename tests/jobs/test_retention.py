@@ -17,6 +17,7 @@ from typing import Any
 
 from services.core.clock import utcnow
 from services.jobs.tables import IdempotencyKey, Job, JobChunk, JobResult, JobStatus
+from services.transcription.request import TranscriptionRequest
 from tests.conftest import DISTINCT, report
 from tests.jobs.conftest import JobsEnv
 
@@ -53,7 +54,7 @@ async def _add_jobs(
             session.add(
                 Job(
                     id=job_id, owner=None, status=status, task="transcribe", model="tiny.en",
-                    options={"response_format": "json", "timestamp_granularities": ["segment"]},
+                    options=TranscriptionRequest(model="tiny.en").model_dump(mode="json"),
                     audio_key=key, audio_sha256="0" * 64, audio_bytes=5, attempts=1,
                     max_attempts=3, progress_done=1, next_attempt_at=now, created_at=now,
                     updated_at=now, finished_at=now, expires_at=expires_at,
