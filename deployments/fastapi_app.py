@@ -1,11 +1,11 @@
-"""The FastAPI application, built from a container of shared resources (no Ray needed)."""
+"""The FastAPI application, built around the ingress's resources (no Ray needed)."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from deployments.controllers import health, jobs, model_list, transcriptions
-from deployments.dependencies import Container
+from deployments.dependencies import IngressResources
 from deployments.errors import install_error_handlers
 from deployments.middleware import (
     MULTIPART_OVERHEAD_BYTES,
@@ -19,14 +19,14 @@ from services.jobs.streams import StreamCaps, StreamLimiter
 DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024
 
 
-def create_app(container: Container) -> FastAPI:
+def create_app(resources: IngressResources) -> FastAPI:
     app = FastAPI(
         title="rayscribe",
         summary="OpenAI-compatible speech transcription on Ray Serve.",
         version="0.1.0",
     )
-    app.state.container = container
-    server = container.settings.server
+    app.state.resources = resources
+    server = resources.settings.server
     # Open event streams are counted per replica, so the limiter lives with the app.
     app.state.streams = StreamLimiter(
         StreamCaps(
@@ -38,14 +38,14 @@ def create_app(container: Container) -> FastAPI:
     for router in (transcriptions.router, jobs.router, model_list.router, health.router):
         app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(StorageGuardMiddleware, settings=container.settings)
-    upload_limit = container.settings.server.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    app.add_middleware(StorageGuardMiddleware, settings=resources.settings)
+    upload_limit = resources.settings.server.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     app.add_middleware(
         BodyLimitMiddleware,
         limits={
             "/v1/audio/transcriptions": upload_limit,
             "/v1/audio/translations": upload_limit,
-            "/v1/jobs": container.settings.jobs.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+            "/v1/jobs": resources.settings.jobs.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
         },
         default_limit_bytes=DEFAULT_BODY_LIMIT_BYTES,
     )

@@ -108,6 +108,8 @@ class JobRunner:
         self.loop_at: float | None = None
         """`time.monotonic()` of the loop's last turn: a stuck loop shows here."""
         self._last_purge = float("-inf")
+        self.stopping = False
+        """Set by `stop()`: no more claims."""
 
     async def start(self) -> None:
         """Take a new token and take over every lease of earlier incarnations at once."""
@@ -143,14 +145,30 @@ class JobRunner:
                 task.cancel()
 
     async def stop(self) -> None:
-        """A clean stop: the incarnation no longer counts as serving its model."""
+        """A graceful stop: claim nothing more, give the running jobs back, sign off.
+
+        The jobs in flight are cancelled and requeued without using up an attempt, so the
+        next tracker (a rolling update's new replica) takes them at once instead of after
+        their leases expire; their stored chunks are kept. The incarnation then no longer
+        counts as serving its model. Call it after `run_forever` was cancelled.
+        """
+        self.stopping = True
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         async with transaction(self._sessions) as session:
-            await JobRepository(session).stop_incarnation(token=self.epoch, now=utcnow())
+            repo = JobRepository(session)
+            released = await repo.release_leases(token=self.epoch, now=utcnow())
+            await repo.stop_incarnation(token=self.epoch, now=utcnow())
+        log.info("tracker_stopped", tracker=self.name, epoch=self.epoch, released=len(released))
+        for job_id in released:
+            await self._publish(job_id)
 
     async def tick(self) -> None:
         """Requeue lost jobs, fail unserved ones, purge expired data, claim what fits."""
         now = utcnow()
-        slots = self._settings.max_concurrent - len(self.running)
+        slots = 0 if self.stopping else self._settings.max_concurrent - len(self.running)
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)
             changed = await repo.requeue_lost(name=self.name, token=self.epoch, now=now)
