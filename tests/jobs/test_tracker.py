@@ -393,8 +393,8 @@ async def test_a_graceful_stop_hands_running_jobs_to_the_next_tracker_at_once(
 ) -> None:
     """A redeploy: the old replica's `shutdown` requeues its jobs, attempts kept, and a new
     tracker claims them within a poll, not after the 60 s lease."""
-    env: JobsEnv = await env_factory(start=False, lease_s=60, max_concurrent=4)
-    ids = await submit_all(env, 4)
+    env: JobsEnv = await env_factory(start=False, lease_s=60, max_concurrent=2)
+    ids = await submit_all(env, 2)
     old = TrackerCore(env.settings, Slow(local_transcriber, delay_s=30), name="old")
     try:
 
