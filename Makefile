@@ -22,8 +22,11 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 ## Serve the app on the embedded defaults (tiny.en, CPU, SQLite) at http://127.0.0.1:8000
+## (serve_config.yaml stamped with the code and settings digest, so a redeploy rolls the replicas)
 run: install migrate
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/serve run serve_config.yaml
+	mkdir -p .rayscribe
+	$(PY) -m deployments.app serve_config.yaml > .rayscribe/serve_config.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/serve run .rayscribe/serve_config.yaml
 
 ## Apply the database migrations (once, before Serve starts; safe to repeat)
 migrate: install

@@ -1,123 +1,68 @@
-"""The JobTracker: a detached, named Ray actor that runs asynchronous jobs.
+"""The JobTracker: a Serve deployment (no route) that runs asynchronous jobs.
 
-A thin shell around `services.jobs.runner.JobRunner`: it builds the runner's resources in
-its own process and runs it on an event loop in a background thread, so that the loop
-starts again by itself whenever Ray restarts the actor (`max_restarts=-1` re-runs the
-constructor), and the process exits when the loop dies, so that Ray restarts it.
-PostgreSQL holds the truth; the tracker only coordinates, so killing it loses nothing:
-its successor takes a new lease token and takes over its predecessor's leases at once.
+`build_app` composes it: it is bound with the Whisper deployment's handle, and the ingress
+gets its handle the same way, to nudge it when work is queued and to read its `status()`
+for `/readyz`. Serve owns its lifecycle: it starts it with the app, restarts a replica
+whose health check fails or whose process died, replaces it (rolling) when the app's
+version changes and stops it with the app.
 
-One tracker per Serve application (`job-tracker:<app>` in the `rayscribe` namespace). The
-ingress gets or creates it at start; when the code or settings differ from the running
-tracker's (a redeploy), the ingress replaces it (`ensure_tracker`).
+A thin async shell around `services.jobs.runner.JobRunner`. PostgreSQL holds the truth;
+the tracker only coordinates, so several replicas can share the work (each claims with
+SKIP LOCKED under a lease token of its own) and killing one loses nothing: its jobs are
+requeued when their leases expire. A graceful stop (a redeploy, a scale-down) releases
+its leases at once, so the next replica takes the jobs without waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import os
-import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import ray
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from cluster.whisper_client import ServeTranscriber
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
 from services.jobs.runner import JobRunner
-from services.jobs.wiring import JobRuntime, build_job_runtime
+from services.resources import Resources, build_resources
 from services.transcription.service import Transcriber
 
 log = get_logger(__name__)
 
-NAMESPACE = "rayscribe"
-_SOURCE_ROOTS = ("services", "cluster")
 
+class TrackerCore:
+    """The tracker without Ray: builds its resources and keeps the runner's loop going.
 
-def tracker_name(app_name: str) -> str:
-    return f"job-tracker:{app_name}"
-
-
-def code_version(settings: Settings) -> str:
-    """Changes whenever the job code or the settings change: a redeploy replaces the tracker."""
-    digest = hashlib.sha256(settings.model_dump_json().encode())
-    root = Path(__file__).resolve().parents[1]
-    for package in _SOURCE_ROOTS:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-class TrackerProcess:
-    """The tracker's process, without Ray: builds the runner and keeps its loop alive.
-
-    The loop runs on its own event loop in a thread, so the actor's methods (`status`,
-    `nudge`) answer while it works. Start failures (Serve or the database not up yet) are
-    retried and shown by `status()`; once running, the loop only returns by raising, and
-    then the whole process exits (`os._exit(1)`) so that Ray restarts the actor and its
-    successor takes over the leases at once. `ray.actor.exit_actor()` would not do: Ray
-    does not restart an actor that exited on purpose.
+    Construct it on a running event loop (Serve runs a replica's constructor on the loop
+    its methods run on): the loop starts at once as a task. Start failures (the database
+    not up yet) are retried and shown by `status()`; once started, the loop only ends by
+    raising, and then `check_health` fails so that Serve replaces the replica.
     """
 
     def __init__(
-        self,
-        settings: Settings,
-        app_name: str,
-        version: str,
-        *,
-        transcriber: Callable[[], Transcriber] | None = None,
-        exit_process: Callable[[int], None] = os._exit,
+        self, settings: Settings, transcriber: Transcriber, *, name: str, version: str = ""
     ) -> None:
         configure_logging(settings.logging.level)
+        self.name = name
         self._settings = settings
-        self._app_name = app_name
+        self._transcriber = transcriber
         self._version = version
-        self._transcriber = transcriber or self._serve_transcriber
-        self._exit_process = exit_process
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._main_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._resources: Resources = build_resources(settings, nudge=self._wake.set)
         self._runner: JobRunner | None = None
-        self._started = threading.Event()
-        self._closing = False
         self._error: str | None = None
-        self._dead = False
-        self._thread = threading.Thread(target=self._serve_forever, name="job-tracker", daemon=True)
-        self._thread.start()
-
-    def _serve_forever(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:
-            if self._closing:
-                return
-            self._dead = True
-            self._error = f"the tracker loop died ({type(exc).__name__})"
-            log.exception("tracker_loop_died")
-        if not self._closing:
-            self._dead = True
-            self._exit_process(1)
-
-    def _serve_transcriber(self) -> Transcriber:
-        handle = serve.get_deployment_handle("WhisperTranscriber", app_name=self._app_name)
-        return ServeTranscriber(handle)
+        self._closing = False
+        self._closed: asyncio.Future[None] | None = None
+        self._task = asyncio.get_running_loop().create_task(self._main())
+        self._task.add_done_callback(self._loop_ended)
 
     async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._main_task = asyncio.current_task()
-        self._wake = asyncio.Event()
-        runtime: JobRuntime | None = None
-        while True:  # Serve or the database may not be up yet: keep trying
+        while True:  # the database may not be up yet: keep trying
             try:
-                if runtime is None:
-                    runtime = build_job_runtime(self._settings, nudge=self._wake.set)
-                runner = runtime.runner(tracker_name(self._app_name), self._transcriber())
+                runner = self._resources.runner(self.name, self._transcriber)
                 await runner.start()
                 break
             except Exception as exc:
@@ -126,22 +71,23 @@ class TrackerProcess:
                 await asyncio.sleep(self._settings.jobs.poll_interval_s)
         self._runner = runner
         self._error = None
-        self._started.set()
         await runner.run_forever(self._wake)
         raise RuntimeError("the tracker loop returned")
 
-    def nudge(self) -> None:
-        """New work was queued: look now instead of at the next poll."""
-        if self._loop is not None and self._wake is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                self._loop.call_soon_threadsafe(self._wake.set)
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if self._closing:
+            return
+        exc = None if task.cancelled() else task.exception()
+        self._error = _safe_error("the tracker loop died", exc or asyncio.CancelledError())
+        log.error("tracker_loop_died", exc_info=exc)
 
-    def version(self) -> str:
-        return self._version
+    async def nudge(self) -> None:
+        """New work was queued: look now instead of at the next poll."""
+        self._wake.set()
 
     def loop_alive(self) -> bool:
-        """The loop's thread runs and, once started, the loop turned recently (not stuck)."""
-        if self._dead or not self._thread.is_alive():
+        """The loop task runs and, once started, turned recently (not stuck)."""
+        if self._task.done():
             return False
         runner = self._runner
         if runner is None or runner.loop_at is None:
@@ -149,74 +95,78 @@ class TrackerProcess:
         stuck_after_s = max(60.0, 10 * self._settings.jobs.poll_interval_s)
         return time.monotonic() - runner.loop_at < stuck_after_s
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """What `/readyz` shows: `jobs` is up only when started and loop_alive."""
         runner = self._runner
         return {
+            "name": self.name,
             "version": self._version,
-            "started": self._started.is_set(),
+            "started": runner is not None,
             "loop_alive": self.loop_alive(),
             "epoch": runner.epoch if runner else None,
             "error": self._error,
             "jobs_in_flight": sorted(runner.running) if runner else [],
         }
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the loop without exiting the process (tests; Ray kills the real one)."""
+    async def check_health(self) -> None:
+        """Fails only when the loop died: Serve then replaces the replica.
+
+        A database outage is not a reason (the loop rides it out and `/readyz` shows it);
+        failing here would only make Serve restart the tracker over and over.
+        """
+        if self._task.done() and not self._closing:
+            raise RuntimeError(self._error or "the tracker loop ended")
+
+    async def shutdown(self) -> None:
+        """A graceful stop: no more claims, running jobs requeued at once, connections closed.
+
+        Safe to call more than once; later calls wait for the first.
+        """
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+            return
+        self._closed = asyncio.get_running_loop().create_future()
         self._closing = True
-        loop, task = self._loop, self._main_task
-        if loop is not None and task is not None:
-            with contextlib.suppress(RuntimeError):  # the loop already ended
-                loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(timeout_s)
+        try:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            if self._runner is not None:
+                try:
+                    await self._runner.stop()
+                except Exception as exc:  # the leases then expire instead
+                    log.warning("tracker_leases_not_released", error=repr(exc))
+            await self._resources.close()
+        finally:
+            self._closed.set_result(None)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0)
-class JobTracker(TrackerProcess):
-    """The detached, named actor Ray restarts whenever its process dies."""
+@serve.deployment(
+    name="JobTracker",
+    num_replicas=1,
+    health_check_period_s=10,
+    graceful_shutdown_timeout_s=30,
+    ray_actor_options={"num_cpus": 0.25},
+)
+class JobTracker(TrackerCore):
+    """Defaults only; serve_config.yaml says how many replicas and how much CPU.
+
+    Each replica is a tracker of its own (its name is the replica's id), so a rolling
+    update's new replica never takes the old one's leases while it still runs them.
+    """
+
+    def __init__(
+        self, transcriber: DeploymentHandle[Any], settings: Settings, version: str = ""
+    ) -> None:
+        context = serve.get_replica_context()
+        name = f"job-tracker:{context.app_name}:{context.replica_id.unique_id}"
+        super().__init__(settings, ServeTranscriber(transcriber), name=name, version=version)
+
+    async def __del__(self) -> None:
+        """Serve calls this when it stops the replica gracefully (not after a kill)."""
+        await self.shutdown()
 
 
 def _safe_error(what: str, exc: BaseException) -> str:
     """For `status()`: the exception's type only; its text may hold addresses or paths."""
     return f"{what} ({type(exc).__name__}); see the tracker's log"
-
-
-def ensure_tracker(settings: Settings, app_name: str) -> Any:
-    """Get the app's tracker, replacing it if it runs other code; create it if missing."""
-    name = tracker_name(app_name)
-    version = code_version(settings)
-    try:
-        current = ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        current = None
-    if current is not None:
-        try:
-            running_version = str(ray.get(current.version.remote(), timeout=30))
-        except Exception as exc:  # restarting or unreachable: leave it, it will come back
-            log.warning("tracker_version_unknown", error=repr(exc))
-            return current
-        if running_version == version:
-            return current
-        log.info("tracker_replaced", old=running_version, new=version)
-        ray.kill(current, no_restart=True)
-        _wait_until_gone(name)
-    return JobTracker.options(  # type: ignore[attr-defined]
-        name=name,
-        namespace=NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-        num_cpus=settings.jobs.tracker_num_cpus,
-    ).remote(settings, app_name, version)
-
-
-def _wait_until_gone(name: str, timeout_s: float = 30.0) -> None:
-    """A killed actor's name stays taken for a moment; creating too early would reuse it."""
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get_actor(name, namespace=NAMESPACE)
-        except ValueError:
-            return
-        time.sleep(0.2)

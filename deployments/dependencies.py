@@ -1,8 +1,10 @@
-"""Shared resources of one ingress replica, and the `Depends` aliases that hand them out.
+"""The ingress replica's resources, and the `Depends` aliases that hand them out.
 
-The container is built once per replica (in the ingress constructor, or by a test) and
-hung on `app.state`; routes receive its parts through the aliases below. A test swaps a
-part by building the container with a different one.
+`IngressResources` is the process's shared `Resources` (services/resources.py) plus the
+parts only the HTTP edge needs: the transcription service and readiness. It is built once
+per replica (in the ingress constructor, or by a test) and hung on `app.state`; routes
+receive its parts through the aliases below. A test swaps a part by building it with a
+different one.
 """
 
 from __future__ import annotations
@@ -17,54 +19,59 @@ from services.core.db import ping
 from services.core.health import Check, HeldStatus, ReadinessService
 from services.core.settings import Settings
 from services.jobs.service import JobsService
-from services.jobs.wiring import JobRuntime
+from services.resources import Resources
 from services.transcription.service import Transcriber, TranscriptionService
 
 
 @dataclass
-class Container:
-    settings: Settings
+class IngressResources:
+    shared: Resources
     transcription: TranscriptionService
-    jobs: JobsService
     readiness: ReadinessService
+
+    @property
+    def settings(self) -> Settings:
+        return self.shared.settings
+
+    @property
+    def jobs(self) -> JobsService:
+        return self.shared.jobs
 
 
 READINESS_TIMEOUT_S = 1.5
 """Each live check (database, Redis) gets this long, so /readyz answers within 2 s."""
 
 
-def build_container(
-    settings: Settings,
+def build_ingress_resources(
+    shared: Resources,
     transcriber: Transcriber,
-    model_id: str,
-    runtime: JobRuntime,
     *,
     model: Check | None = None,
     jobs: Check | None = None,
-) -> Container:
+) -> IngressResources:
     """`model` and `jobs` are held states a refresher keeps (the ingress passes them); the
     probe never calls the model replica. Without `model` the transcriber is in-process
     (tests, tools) and counts as up; without `jobs` no tracker is reported."""
+    settings = shared.settings
     optional: dict[str, Check] = {}
     if settings.redis.url is not None:
-        optional["redis"] = runtime.cache.ping
+        optional["redis"] = shared.cache.ping
     if jobs is not None:
         # Reported, not required: submissions are durable and sync traffic works without
         # the tracker, so its absence must not take the ingress out of rotation.
         optional["jobs"] = jobs
-    return Container(
-        settings=settings,
+    return IngressResources(
+        shared=shared,
         transcription=TranscriptionService(
             transcriber,
-            runtime.results,
-            model_id=model_id,
+            shared.results,
+            model_id=shared.model_id,
             sync_max_duration_s=settings.server.sync_max_duration_s,
         ),
-        jobs=runtime.jobs,
         readiness=ReadinessService(
             required={
                 "model": model or HeldStatus(ok=True),
-                "database": partial(ping, runtime.sessions),
+                "database": partial(ping, shared.sessions),
             },
             optional=optional,
             timeout_s=READINESS_TIMEOUT_S,
@@ -72,21 +79,24 @@ def build_container(
     )
 
 
-def get_container(request: Request) -> Container:
-    container: Container = request.app.state.container
-    return container
+def get_resources(request: Request) -> IngressResources:
+    resources: IngressResources = request.app.state.resources
+    return resources
 
 
-def _transcription(container: Annotated[Container, Depends(get_container)]) -> TranscriptionService:
-    return container.transcription
+_Resources = Annotated[IngressResources, Depends(get_resources)]
 
 
-def _jobs(container: Annotated[Container, Depends(get_container)]) -> JobsService:
-    return container.jobs
+def _transcription(resources: _Resources) -> TranscriptionService:
+    return resources.transcription
 
 
-def _readiness(container: Annotated[Container, Depends(get_container)]) -> ReadinessService:
-    return container.readiness
+def _jobs(resources: _Resources) -> JobsService:
+    return resources.jobs
+
+
+def _readiness(resources: _Resources) -> ReadinessService:
+    return resources.readiness
 
 
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(_transcription)]

@@ -1,4 +1,4 @@
-"""The FastAPI application, built from a container of shared resources (no Ray needed)."""
+"""The FastAPI application, built around the ingress's resources (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from deployments.api_docs import serve_docs
 from deployments.controllers import health, jobs, model_list, transcriptions
-from deployments.dependencies import Container
+from deployments.dependencies import IngressResources
 from deployments.errors import install_error_handlers
 from deployments.middleware import (
     BodyLimitMiddleware,
@@ -20,7 +20,7 @@ DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024
 TITLE = "rayscribe"
 
 
-def create_app(container: Container) -> FastAPI:
+def create_app(resources: IngressResources) -> FastAPI:
     app = FastAPI(
         title=TITLE,
         summary="OpenAI-compatible speech transcription on Ray Serve.",
@@ -29,8 +29,8 @@ def create_app(container: Container) -> FastAPI:
         redoc_url=None,
     )
     serve_docs(app, title=TITLE)
-    app.state.container = container
-    server = container.settings.server
+    app.state.resources = resources
+    server = resources.settings.server
     # Open event streams are counted per replica, so the limiter lives with the app.
     app.state.streams = StreamLimiter(
         StreamCaps(
@@ -42,14 +42,14 @@ def create_app(container: Container) -> FastAPI:
     for router in (transcriptions.router, jobs.router, model_list.router, health.router):
         app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(StorageGuardMiddleware, settings=container.settings)
+    app.add_middleware(StorageGuardMiddleware, settings=resources.settings)
     # The one check of the upload size: the whole body, counted as it streams in.
     app.add_middleware(
         BodyLimitMiddleware,
         limits={
             "/v1/audio/transcriptions": server.max_upload_bytes,
             "/v1/audio/translations": server.max_upload_bytes,
-            "/v1/jobs": container.settings.jobs.max_upload_bytes,
+            "/v1/jobs": resources.settings.jobs.max_upload_bytes,
         },
         default_limit_bytes=DEFAULT_BODY_LIMIT_BYTES,
     )

@@ -36,14 +36,17 @@ def load_config(
     settings: dict[str, Any],
     edit: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """serve_config.yaml with another port and settings overrides for the application."""
+    """serve_config.yaml with another port and settings overrides for the application,
+    stamped with the release digest (`deployments.app.stamp`)."""
     config: dict[str, Any] = yaml.safe_load(SERVE_CONFIG.read_text())
     config["http_options"]["port"] = port
     (app,) = config["applications"]
     app["args"] = {"settings": copy.deepcopy(settings)}
+    from deployments.app import stamp
+
     if edit is not None:
         edit(config)
-    return config
+    return stamp(config)  # as `make run` does: a digest of the code and settings in the args
 
 
 def deploy(config: dict[str, Any], *, num_cpus: int = 2) -> str:

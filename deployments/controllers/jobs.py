@@ -139,7 +139,7 @@ def _client_key(request: Request) -> str | None:
     A proxy appends the address it saw to X-Forwarded-For, so the last entry is the one it
     vouches for; earlier entries came from the client and could be anything.
     """
-    header = request.app.state.container.settings.server.trusted_client_header
+    header = request.app.state.resources.settings.server.trusted_client_header
     if header is None:
         return None
     forwarded = request.headers.get(header, "").rsplit(",", 1)[-1].strip()
@@ -181,7 +181,7 @@ async def job_events(
     """`status` events (id = the job's version; a reconnect with `Last-Event-ID` gets only
     newer ones), `end` when the job finishes, or `reconnect` at the stream's maximum
     lifetime. Comments keep an idle connection alive."""
-    server = request.app.state.container.settings.server
+    server = request.app.state.resources.settings.server
     last_sent = last_event_id if last_event_id is not None else -1
     updates = paced(
         jobs.events(job_id, owner=None),

@@ -203,9 +203,6 @@ class JobsSettings(BaseModel):
     idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     """How long an Idempotency-Key keeps returning the same job."""
 
-    tracker_num_cpus: float = Field(default=0.25, ge=0)
-    """Logical CPUs reserved for the job tracker actor."""
-
 
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")

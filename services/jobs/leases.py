@@ -112,6 +112,27 @@ class LeaseRepository(Repository):
         )
         return [row[0] for row in failed.all()] + [row[0] for row in requeued.all()]
 
+    async def release_leases(self, *, token: int, now: datetime) -> list[str]:
+        """A graceful stop: requeue the incarnation's running jobs for any tracker at once.
+
+        Stopping is not the job's fault, so the attempt `claim` counted is given back.
+        """
+        released = await self.session.execute(
+            update(Job)
+            .where(Job.status == JobStatus.RUNNING, Job.lease_epoch == token)
+            .values(
+                version=Job.version + 1,
+                status=JobStatus.QUEUED,
+                attempts=Job.attempts - 1,
+                next_attempt_at=now,
+                updated_at=now,
+                lease_epoch=None,
+                lease_expires_at=None,
+            )
+            .returning(Job.id)
+        )
+        return [row[0] for row in released.all()]
+
     async def fail_unserved(
         self,
         *,

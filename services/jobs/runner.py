@@ -75,6 +75,8 @@ class JobRunner:
         self.loop_at: float | None = None
         """`time.monotonic()` of the loop's last turn: a stuck loop shows here."""
         self._last_purge = float("-inf")
+        self.stopping = False
+        """Set by `stop()`: no more claims."""
 
     async def start(self) -> None:
         """Take a new token and take over every lease of earlier incarnations at once."""
@@ -110,9 +112,25 @@ class JobRunner:
                 task.cancel()
 
     async def stop(self) -> None:
-        """A clean stop: the incarnation no longer counts as serving its model."""
+        """A graceful stop: claim nothing more, give the running jobs back, sign off.
+
+        The jobs in flight are cancelled and requeued without using up an attempt, so the
+        next tracker (a rolling update's new replica) takes them at once instead of after
+        their leases expire; their stored chunks are kept. The incarnation then no longer
+        counts as serving its model. Call it after `run_forever` was cancelled.
+        """
+        self.stopping = True
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         async with transaction(self._sessions) as session:
-            await LeaseRepository(session).stop_incarnation(token=self.epoch, now=utcnow())
+            repo = LeaseRepository(session)
+            released = await repo.release_leases(token=self.epoch, now=utcnow())
+            await repo.stop_incarnation(token=self.epoch, now=utcnow())
+            views = await _views(repo, released)
+        log.info("tracker_stopped", tracker=self.name, epoch=self.epoch, released=len(released))
+        await self._events.announce(views)
 
     async def tick(self) -> None:
         """Requeue lost jobs, fail unserved ones, claim what fits, now and then sweep."""

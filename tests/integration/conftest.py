@@ -34,7 +34,6 @@ def _add_base_app(config: dict[str, Any], data_dir: str) -> None:
     base["args"]["settings"] = {
         "data_dir": data_dir,
         "whisper": {"model": "base"},
-        "jobs": {"tracker_num_cpus": 0},
     }
     for deployment in base["deployments"]:
         deployment["ray_actor_options"]["num_cpus"] = 0

@@ -12,10 +12,14 @@ import httpx
 import pytest
 import ray
 
-from cluster.job_tracker import NAMESPACE, tracker_name
 from tests import serve_local as local
 from tests.conftest import ENGLISH, report, word_error_rate
-from tests.integration.serve_admin import whisper_queue_limit
+from tests.integration.serve_admin import (
+    tracker_replicas,
+    tracker_statuses,
+    wait_for_new_trackers,
+    whisper_queue_limit,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,19 +126,21 @@ def test_jobs_survive_a_killed_whisper_replica(
 def test_jobs_survive_a_killed_tracker(
     serve_url: str, http: httpx.Client, serve_database: str
 ) -> None:
-    tracker = ray.get_actor(tracker_name(local.APP_NAME), namespace=NAMESPACE)
-    epoch_before = ray.get(tracker.status.remote(), timeout=30)["epoch"]
+    (before,) = tracker_statuses()
+    old = tracker_replicas()
     clips = [ENGLISH[i % 16] for i in range(16)]
     ids = asyncio.run(_submit_all(serve_url, clips))
     _wait_for_running(http, ids)
-    ray.kill(tracker, no_restart=False)  # Ray restarts it (max_restarts=-1)
+    (name,) = old
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)  # Serve starts a new one
     finished = _check_all_succeeded(http, serve_database, clips, ids)
-    status = ray.get(tracker.status.remote(), timeout=60)
-    assert status["epoch"] > epoch_before, "the restarted tracker took a new lease token"
-    assert status["started"]
-    assert status["loop_alive"]
-    # A tracker that died mid-job may have died of it: that counts as an attempt.
+    (status,) = wait_for_new_trackers(old)
+    assert status["name"] != before["name"], "Serve replaced the killed replica"
+    assert status["epoch"] > before["epoch"], "the new tracker took a new lease token"
+    # A tracker that died mid-job may have died of it: that counts as an attempt. Its
+    # leases are taken over when they expire (`jobs.lease_s`, 10 s here).
     assert max(f["attempts"] for f in finished) >= 2, "no job shows the retry"
+    report(f"killed tracker: replaced by {status['name']} (epoch {status['epoch']})")
 
 
 async def _sync_burst(url: str, *, seconds: float, concurrency: int) -> Counter[int]:

@@ -13,9 +13,8 @@ import httpx
 import pytest
 import ray
 
-from cluster.job_tracker import NAMESPACE, tracker_name
-from tests import serve_local as local
 from tests.conftest import report, word_error_rate
+from tests.integration.serve_admin import tracker_replicas
 from tests.long_audio import build
 
 pytestmark = pytest.mark.integration
@@ -68,8 +67,9 @@ def test_a_long_job_resumes_at_its_cut_points_after_the_tracker_dies(
 
     job_id = _submit(http, path)
     _wait(http, job_id, lambda b: b["progress"]["done"] >= 1 or _finished(b))
-    tracker = ray.get_actor(tracker_name(local.APP_NAME), namespace=NAMESPACE)
-    ray.kill(tracker, no_restart=False)  # Ray restarts it; it takes the job over
+    (tracker,) = tracker_replicas()
+    # Serve starts a new replica; it takes the job over when the lease expires.
+    ray.kill(ray.get_actor(tracker, namespace="serve"), no_restart=True)
     done = _wait(http, job_id, _finished)
     assert done["status"] == "succeeded", done
     assert done["attempts"] >= 2, "the job was not interrupted"

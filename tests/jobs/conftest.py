@@ -20,12 +20,12 @@ import pytest
 import redis.asyncio
 from sqlalchemy import text
 
-from deployments.dependencies import build_container
+from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
 from services.core.settings import Settings
 from services.jobs.runner import JobRunner
-from services.jobs.wiring import JobRuntime, build_job_runtime
 from services.migrations import upgrade as migrate
+from services.resources import Resources, build_resources
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
@@ -75,8 +75,8 @@ class JobsEnv:
     backend: str
     settings: Settings
     client: httpx.AsyncClient
-    app_runtime: JobRuntime
-    runner_runtime: JobRuntime
+    app_runtime: Resources
+    runner_runtime: Resources
     transcriber: Any
     runner: JobRunner | None = None
     _task: asyncio.Task[None] | None = None
@@ -144,17 +144,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 async def build_env(settings: Settings, transcriber: Any, backend: str) -> JobsEnv:
     """The ingress app and a runner on separate resources over one database."""
     holder: list[JobsEnv] = []
-    app_runtime = build_job_runtime(settings, nudge=lambda: holder[0].nudge())
-    container = build_container(settings, transcriber, "tiny.en", app_runtime)
+    app_runtime = build_resources(settings, nudge=lambda: holder[0].nudge())
+    resources = build_ingress_resources(app_runtime, transcriber)
     client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(container)), base_url="http://test"
+        transport=httpx.ASGITransport(app=create_app(resources)), base_url="http://test"
     )
     env = JobsEnv(
         backend=backend,
         settings=settings,
         client=client,
         app_runtime=app_runtime,
-        runner_runtime=build_job_runtime(settings, nudge=lambda: None),
+        runner_runtime=build_resources(settings, nudge=lambda: None),
         transcriber=transcriber,
     )
     holder.append(env)
@@ -164,18 +164,18 @@ async def build_env(settings: Settings, transcriber: Any, backend: str) -> JobsE
 async def close_env(env: JobsEnv) -> None:
     await env.stop_runner()
     await env.client.aclose()
-    await env.app_runtime.engine.dispose()
-    await env.runner_runtime.engine.dispose()
+    await env.app_runtime.close()
+    await env.runner_runtime.close()
 
 
 async def _reset(settings: Settings, backend: str, redis_url: str) -> None:
     if backend == "sqlite":
         await asyncio.to_thread(migrate, settings.database_url)
         return
-    runtime = build_job_runtime(settings, nudge=lambda: None)
+    runtime = build_resources(settings, nudge=lambda: None)
     async with runtime.sessions() as session, session.begin():
         await session.execute(text(f"TRUNCATE {TABLES} CASCADE"))
-    await runtime.engine.dispose()
+    await runtime.close()
     client = redis.asyncio.Redis.from_url(redis_url)
     await client.flushdb()
     await client.aclose()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from services.jobs.wiring import build_job_runtime
+from services.resources import build_resources
 from services.transcription.domain import (
     DecodeOptions,
     TranscriptionOptions,
@@ -206,7 +206,7 @@ async def test_a_job_stopped_mid_run_resumes_at_the_same_cuts(
     changed = env.settings.model_copy(
         update={"jobs": env.settings.jobs.model_copy(update={"chunk_s": 55.0})}
     )
-    env.runner_runtime = build_job_runtime(changed, nudge=lambda: None)
+    env.runner_runtime = build_resources(changed, nudge=lambda: None)
     await old_runtime.engine.dispose()
     counting.calls = 0
     await env.start_runner()

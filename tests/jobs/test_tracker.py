@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import pytest
 import structlog
 from sqlalchemy import text
 
-from cluster.job_tracker import TrackerProcess
+from cluster.job_tracker import TrackerCore
 from services.core.clock import utcnow
 from services.core.errors import OverloadedError, UnavailableError
 from services.core.settings import Settings
@@ -297,14 +296,14 @@ async def test_jobs_of_a_model_nobody_serves_fail_after_the_grace(env_factory: F
     report(f"model_not_served ({env.backend}): grace 1 s, failed after {waited_s:.1f} s")
 
 
-# -- the tracker process ---------------------------------------------------------------
+# -- the tracker (the Serve deployment's body, without Ray) ------------------------------
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 20) -> None:
+async def _eventually(condition: Callable[[], Any], timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():
+    while not await condition():
         assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
 
 
 def _tracker_settings(tmp_path: Path, database: str | None) -> Settings:
@@ -317,58 +316,120 @@ def _tracker_settings(tmp_path: Path, database: str | None) -> Settings:
     )
 
 
-def test_a_tracker_that_cannot_start_keeps_trying_and_says_so(
+async def test_a_tracker_that_cannot_start_keeps_trying_and_says_so(
     tmp_path: Path, local_transcriber: LocalTranscriber
 ) -> None:
-    exits: list[int] = []
     settings = _tracker_settings(tmp_path, "postgresql+asyncpg://postgres@127.0.0.1:9/none")
-    tracker = TrackerProcess(
-        settings, "app", "v1", transcriber=lambda: local_transcriber, exit_process=exits.append
-    )
+    tracker = TrackerCore(settings, local_transcriber, name="t")
     try:
-        _wait_for(lambda: tracker.status()["error"] is not None)
-        time.sleep(0.5)  # several attempts
-        status = tracker.status()
+
+        async def failed() -> bool:
+            return (await tracker.status())["error"] is not None
+
+        await _eventually(failed)
+        await asyncio.sleep(0.5)  # several attempts
+        status = await tracker.status()
         assert status["started"] is False
         assert status["loop_alive"] is True
         assert "127.0.0.1" not in status["error"]
-        assert exits == []
+        await tracker.check_health()  # a database outage is no reason for Serve to restart it
     finally:
-        tracker.close()
+        await tracker.shutdown()
 
 
-def test_a_tracker_whose_loop_dies_exits_its_process(
+async def test_a_tracker_whose_loop_dies_fails_its_health_check(
     tmp_path: Path, local_transcriber: LocalTranscriber, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Serve replaces a replica whose `check_health` raises (3 failures in a row)."""
     settings = _tracker_settings(tmp_path, None)
-    migrate(settings.database_url)
-    exited = threading.Event()
-    codes: list[int] = []
-
-    def exit_process(code: int) -> None:
-        codes.append(code)
-        exited.set()
+    await asyncio.to_thread(migrate, settings.database_url)
 
     async def broken_loop(self: JobRunner, wake: asyncio.Event) -> None:
         await asyncio.sleep(0.3)
         raise RuntimeError("a bug in the loop at /work/services/jobs/runner.py")
 
     monkeypatch.setattr(JobRunner, "run_forever", broken_loop)
-    tracker = TrackerProcess(
-        settings,
-        "app",
-        "v1",
-        transcriber=lambda: local_transcriber,
-        exit_process=exit_process,
-    )
+    tracker = TrackerCore(settings, local_transcriber, name="t")
     try:
-        _wait_for(lambda: tracker.status()["started"])
-        assert tracker.status()["loop_alive"] is True
-        assert tracker.status()["epoch"] >= 1
-        assert exited.wait(10), "the process did not exit"
-        assert codes == [1]
-        status = tracker.status()
-        assert status["loop_alive"] is False
-        assert "/work" not in status["error"]
+
+        async def started() -> bool:
+            return bool((await tracker.status())["started"])
+
+        await _eventually(started)
+        assert (await tracker.status())["loop_alive"] is True
+        assert (await tracker.status())["epoch"] >= 1
+        await tracker.check_health()
+
+        async def died() -> bool:
+            return not (await tracker.status())["loop_alive"]
+
+        await _eventually(died, timeout_s=10)
+        with pytest.raises(RuntimeError, match="loop died"):
+            await tracker.check_health()
+        assert "/work" not in (await tracker.status())["error"]
     finally:
-        tracker.close()
+        await tracker.shutdown()
+
+
+@dataclass
+class Slow:
+    """The real model behind a delay, so that jobs are still running when the test acts."""
+
+    model: LocalTranscriber
+    delay_s: float = 1.0
+
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
+    ) -> Transcript:
+        await asyncio.sleep(self.delay_s)
+        return await self.model.transcribe(audio, options, background=background)
+
+    async def ready(self) -> bool:
+        return True
+
+
+async def test_a_graceful_stop_hands_running_jobs_to_the_next_tracker_at_once(
+    env_factory: Factory, local_transcriber: LocalTranscriber
+) -> None:
+    """A redeploy: the old replica's `shutdown` requeues its jobs, attempts kept, and a new
+    tracker claims them within a poll, not after the 60 s lease."""
+    env: JobsEnv = await env_factory(start=False, lease_s=60, max_concurrent=2)
+    ids = await submit_all(env, 2)
+    old = TrackerCore(env.settings, Slow(local_transcriber, delay_s=30), name="old")
+    try:
+
+        async def all_running() -> bool:
+            rows = await env.sql("SELECT count(*) FROM jobs WHERE status = 'running'")
+            return bool(rows[0][0] == len(ids))
+
+        await _eventually(all_running)
+        await old.shutdown()
+    finally:
+        await old.shutdown()
+    rows = await env.sql("SELECT status, lease_epoch, lease_expires_at, attempts FROM jobs")
+    assert sorted(rows) == [("queued", None, None, 0)] * len(ids), rows
+    stopped = await env.sql("SELECT stopped_at FROM tracker_incarnations WHERE name = 'old'")
+    assert stopped[0][0] is not None
+    released_at = time.monotonic()
+    env.transcriber = local_transcriber
+    new = await env.start_runner("new")
+
+    async def taken() -> bool:
+        rows = await env.sql(
+            "SELECT count(*) FROM jobs WHERE status != 'queued' AND "
+            "(lease_epoch = :epoch OR status = 'succeeded')",
+            epoch=new.epoch,
+        )
+        return bool(rows[0][0] == len(ids))
+
+    await _eventually(taken, timeout_s=10)
+    taken_after_s = time.monotonic() - released_at
+    finished = await wait_all(env, ids)
+    assert [f["status"] for f in finished] == ["succeeded"] * len(ids)
+    assert [f["attempts"] for f in finished] == [1] * len(ids), "the stop used up an attempt"
+    results = await env.sql("SELECT count(*) FROM job_results")
+    assert results[0][0] == len(ids)
+    report(
+        f"graceful stop ({env.backend}): {len(ids)} running jobs requeued (lease cleared, "
+        f"attempts kept), claimed by the next tracker after {taken_after_s:.2f} s (lease 60 s)"
+    )

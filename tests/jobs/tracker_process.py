@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from services.jobs.wiring import build_job_runtime
+from services.resources import build_resources
 from services.transcription.domain import (
     DecodeOptions,
     Task,
@@ -99,7 +99,7 @@ async def serve_model(path: str, transcriber: Any) -> asyncio.Server:
 
 async def main(args: dict[str, Any]) -> dict[str, float]:
     settings = make_settings(Path(args["data_dir"]), "sqlite", "", "", **args["jobs"])
-    runtime = build_job_runtime(settings, nudge=lambda: None)
+    runtime = build_resources(settings, nudge=lambda: None)
     runner = runtime.runner("memory-tracker", SocketTranscriber(args["socket"]))
     from services.transcription.engine import speech_spans
 
@@ -122,7 +122,7 @@ async def main(args: dict[str, Any]) -> dict[str, float]:
     loop.cancel()
     stop.set()
     sampler.join()
-    await runtime.engine.dispose()
+    await runtime.close()
     maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "baseline_mb": baseline,

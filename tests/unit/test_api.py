@@ -12,11 +12,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from deployments.dependencies import build_container
+from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
 from services.core.settings import Settings
-from services.jobs.wiring import build_job_runtime
 from services.migrations import upgrade as migrate
+from services.resources import build_resources
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
 from tests.conftest import DISTINCT, ENGLISH, HOSTILE, SILENCE, TWO_HOURS, word_error_rate
@@ -27,9 +27,8 @@ SMALL_LIMIT = 200_000
 
 def _client(settings: Settings, engine: WhisperEngine) -> TestClient:
     migrate(settings.database_url)
-    runtime = build_job_runtime(settings, nudge=lambda: None)
-    container = build_container(settings, LocalTranscriber(engine), "tiny.en", runtime)
-    return TestClient(create_app(container))
+    runtime = build_resources(settings, nudge=lambda: None)
+    return TestClient(create_app(build_ingress_resources(runtime, LocalTranscriber(engine))))
 
 
 @pytest.fixture(scope="module")
@@ -259,8 +258,8 @@ def short_window_app(settings: Settings, tiny_engine: WhisperEngine) -> FastAPI:
         update={"server": settings.server.model_copy(update={"slow_body_window_s": 0.5})}
     )
     migrate(slow.database_url)
-    runtime = build_job_runtime(slow, nudge=lambda: None)
-    return create_app(build_container(slow, LocalTranscriber(tiny_engine), "tiny.en", runtime))
+    runtime = build_resources(slow, nudge=lambda: None)
+    return create_app(build_ingress_resources(runtime, LocalTranscriber(tiny_engine)))
 
 
 @pytest.mark.parametrize("path", ["/v1/jobs", TRANSCRIBE])

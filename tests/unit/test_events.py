@@ -14,12 +14,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from deployments.dependencies import build_container
+from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
 from services.core.settings import Settings
 from services.jobs.streams import StreamLimiter
-from services.jobs.wiring import build_job_runtime
 from services.migrations import upgrade as migrate
+from services.resources import build_resources
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
 from tests.conftest import DISTINCT
@@ -38,8 +38,8 @@ def make_app(settings: Settings, tiny_engine: WhisperEngine) -> AppFactory:
         tuned = settings.model_copy(
             update={"server": settings.server.model_copy(update={**defaults, **server})}
         )
-        runtime = build_job_runtime(tuned, nudge=lambda: None)
-        return create_app(build_container(tuned, LocalTranscriber(tiny_engine), "tiny.en", runtime))
+        runtime = build_resources(tuned, nudge=lambda: None)
+        return create_app(build_ingress_resources(runtime, LocalTranscriber(tiny_engine)))
 
     return make
 

@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from deployments.dependencies import build_container
+from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
 from services.core.health import HeldStatus, Refresher
 from services.core.settings import Settings
-from services.jobs.wiring import build_job_runtime
 from services.migrations import upgrade as migrate
+from services.resources import build_resources
 
 
 class _Clock:
@@ -67,15 +67,13 @@ class _SaturatedTranscriber:
 async def probe(tmp_path: Path) -> Any:
     settings = Settings(_env_file=None, data_dir=tmp_path)
     await asyncio.to_thread(migrate, settings.database_url)
-    runtime = build_job_runtime(settings, nudge=lambda: None)
+    runtime = build_resources(settings, nudge=lambda: None)
     model, jobs = HeldStatus(ok=True), HeldStatus(ok=False)
-    container = build_container(
-        settings, _SaturatedTranscriber(), "tiny.en", runtime, model=model, jobs=jobs
-    )
-    transport = httpx.ASGITransport(app=create_app(container))
+    resources = build_ingress_resources(runtime, _SaturatedTranscriber(), model=model, jobs=jobs)
+    transport = httpx.ASGITransport(app=create_app(resources))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client, model, jobs
-    await runtime.engine.dispose()
+    await runtime.close()
 
 
 async def test_readyz_reads_held_state_and_never_calls_the_model(probe: Any) -> None:

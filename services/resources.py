@@ -1,4 +1,11 @@
-"""Builds the resources the jobs use case needs, once per process (ingress or tracker)."""
+"""A process's shared resources: built once per process by `build_resources`, closed once.
+
+Every process that touches jobs builds one (an ingress replica, a tracker replica, a test):
+the database engine and sessions, the audio store, the cache, the result cache and the jobs
+service over them. The ingress adds its HTTP-only parts on top (`deployments.dependencies`);
+the tracker adds a runner (`runner()`). `close()` gives the connections back on a graceful
+stop.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from services.transcription.service import Transcriber
 
 
 @dataclass
-class JobRuntime:
+class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
@@ -27,6 +34,10 @@ class JobRuntime:
     cache: Cache
     results: ResultCache
     jobs: JobsService
+
+    @property
+    def model_id(self) -> str:
+        return self.jobs.model_id
 
     def runner(self, name: str, transcriber: Transcriber) -> JobRunner:
         return JobRunner(
@@ -40,8 +51,15 @@ class JobRuntime:
             model_id=self.jobs.model_id,
         )
 
+    async def close(self) -> None:
+        """Give the database and Redis connections back (a graceful stop, a test's end)."""
+        if isinstance(self.cache, RedisCache):
+            await self.cache.close()
+        await self.engine.dispose()
 
-def build_job_runtime(settings: Settings, *, nudge: Callable[[], None]) -> JobRuntime:
+
+def build_resources(settings: Settings, *, nudge: Callable[[], None]) -> Resources:
+    """`nudge` tells a tracker that new work was queued (the ingress passes its handle's)."""
     engine = create_engine(settings)
     sessions = session_factory(engine)
     storage = LocalAudioStorage(settings.audio_dir)
@@ -69,4 +87,4 @@ def build_job_runtime(settings: Settings, *, nudge: Callable[[], None]) -> JobRu
         model_id=model_id,
         nudge=nudge,
     )
-    return JobRuntime(settings, engine, sessions, storage, cache, results, jobs)
+    return Resources(settings, engine, sessions, storage, cache, results, jobs)
