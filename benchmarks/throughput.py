@@ -14,6 +14,8 @@ built from them, with the same model, thread count and decoding options everywhe
 The machine is noisy, so (a), (b), (c16), (b on the long file) and (d) run interleaved
 `--rounds` times and the best of each is kept. Prints audio-seconds per wall-second, p50/p95
 latency and the ratios; writes benchmarks/results/throughput.json and throughput.png.
+The Serve app runs serve_config.yaml as shipped, batching config included (the replica's
+stats, with the config in force, are saved under "whisper_replica").
 """
 
 from __future__ import annotations
@@ -312,6 +314,7 @@ def main() -> None:
     for name, ok in result["targets"].items():
         print(f"target {name}: {'met' if ok else 'MISSED'}")
     print(f"Whisper replica peak RSS: {replica['peak_rss_mb']:.0f} MB")
+    print(f"Whisper replica batching config: {replica.get('batching')}")
     print(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
 
 
