@@ -61,8 +61,9 @@ class BatchingConfig(BaseModel):
     coalesce_quiet_s: float = Field(default=0.1, ge=0)
     """Under load, the coalescer starts once no request arrived for this long."""
 
-    max_concurrent_batches: int = Field(default=4, ge=1)
-    """Batches handed to the coalescer at once (read at replica start only)."""
+    max_concurrent_batches: int = Field(default=1, ge=1)
+    """Batches Serve hands to the coalescer at once (read at replica start only); the
+    hand-over is instant, so one is enough."""
 
     @property
     def max_ongoing_requests_needed(self) -> int:
@@ -86,9 +87,10 @@ class BatchingConfig(BaseModel):
 
 
 class _Batcher(Protocol):
-    """A `@serve.batch` function of one work item, with the two settings Serve can change."""
+    """A `@serve.batch` function of one work item, with the two settings Serve can change.
+    Its result is the item's place in the coalescer: await that for the item's result."""
 
-    def __call__(self, item: WorkItem, /) -> Awaitable[ItemResult]: ...
+    def __call__(self, item: WorkItem, /) -> Awaitable[asyncio.Future[ItemResult]]: ...
 
     def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
 
@@ -96,13 +98,21 @@ class _Batcher(Protocol):
 
 
 def _batcher(coalescer: BatchCoalescer, config: BatchingConfig) -> _Batcher:
-    """Serve's batch queue in front of the coalescer. Built per replica rather than as a
-    decorated method, because `max_concurrent_batches` comes from the config and has no
-    setter; Serve forms the next batch while the previous one runs, several may wait at
-    once, and the coalescer merges them when the model frees up."""
+    """Serve's batch queue in front of the coalescer, built per replica rather than as a
+    decorated method because `max_concurrent_batches` comes from the config.
 
-    async def _run_batch(items: list[WorkItem]) -> list[ItemResult]:
-        return await coalescer.submit(items)
+    Serve forms a batch and hands it to the coalescer, which merges whatever queued while
+    the model was busy. The hand-over returns at once (each item gets a future), so the
+    Serve batch slot is never held while the model runs: every formed batch reaches the
+    coalescer even with one concurrent batch, and Ray's rule (batch size x concurrent
+    batches <= max_ongoing_requests) holds without admitting more requests."""
+    running: set[asyncio.Task[list[ItemResult]]] = set()
+
+    async def _run_batch(items: list[WorkItem]) -> list[asyncio.Future[ItemResult]]:
+        task = asyncio.create_task(coalescer.submit(items))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return [_result_of(task, index) for index in range(len(items))]
 
     batched = serve.batch(
         max_batch_size=config.max_batch_windows,
@@ -111,6 +121,25 @@ def _batcher(coalescer: BatchCoalescer, config: BatchingConfig) -> _Batcher:
         batch_size_fn=count_windows,
     )(_run_batch)
     return cast(_Batcher, batched)
+
+
+def _result_of(batch: asyncio.Task[list[ItemResult]], index: int) -> asyncio.Future[ItemResult]:
+    """The result of one item of a batch. Its caller may cancel it (it went away) without
+    touching the batch, which other callers' items share."""
+    future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
+
+    def settle(done: asyncio.Task[list[ItemResult]]) -> None:
+        if future.done():
+            return
+        if done.cancelled():
+            future.cancel()
+        elif (error := done.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(done.result()[index])
+
+    batch.add_done_callback(settle)
+    return future
 
 
 @serve.deployment
@@ -184,11 +213,12 @@ class WhisperTranscriber:
         return self._ready
 
     async def stats(self) -> dict[str, Any]:
-        """Counters since start, the batching config in force and the process's peak RSS:
-        for benchmarks and ops."""
+        """Counters since start, the batching config in force, how long the current engine
+        call has run (None when idle) and the process's peak RSS: for benchmarks and ops."""
         return {
             **self._stats,
             "batching": self._batching.model_dump(),
+            "engine_busy_s": self._watchdog.oldest_s(),
             "pid": os.getpid(),
             "peak_rss_mb": _peak_rss_mb(),
         }
@@ -215,7 +245,8 @@ class WhisperTranscriber:
                 prepared.items[-1].last_of_request = True
             try:
                 self._batch_used = True
-                results = await asyncio.gather(*(self._batch(i) for i in prepared.items))
+                places = await asyncio.gather(*(self._batch(i) for i in prepared.items))
+                results = await asyncio.gather(*places)
             except asyncio.CancelledError:
                 # The caller went away: whatever of its work has not run yet is dropped.
                 for item in prepared.items:

@@ -116,7 +116,7 @@ def test_a_caller_that_disconnects_leaves_the_batch(
 
     worker = threading.Thread(target=long_request)
     worker.start()
-    time.sleep(2.0)
+    _wait_until(lambda: transcriber_stats()["engine_busy_s"] is not None)
     # ...while a second caller gives up before its turn comes.
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
@@ -198,11 +198,11 @@ def _whisper_user_config(user_config: dict[str, Any]) -> Iterator[dict[str, Any]
         local.wait_until_running(local.APP_NAME)
 
 
-def _wait_for_batching(stats: Callable[[], dict[str, Any]], expected: dict[str, Any]) -> None:
-    deadline = time.monotonic() + 60
-    while stats()["batching"] != expected:
-        assert time.monotonic() < deadline, f"still {stats()['batching']}, expected {expected}"
-        time.sleep(0.2)
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true after {timeout_s} s"
+        time.sleep(0.1)
 
 
 def test_the_batching_config_changes_live_under_load_without_failures(
@@ -248,12 +248,12 @@ def test_the_batching_config_changes_live_under_load_without_failures(
     for thread in clients:
         thread.start()
     try:
-        time.sleep(1.0)
+        _wait_until(lambda: len(statuses) >= 2)  # the load is flowing
         with _whisper_user_config(changed) as before:
             assert before == _shipped_user_config()
-            _wait_for_batching(transcriber_stats, changed)
+            _wait_until(lambda: transcriber_stats()["batching"] == changed)
             served_during_change = len(statuses)
-            time.sleep(1.0)
+            _wait_until(lambda: len(statuses) >= served_during_change + 2)
             stop.set()
             for thread in clients:
                 thread.join()
@@ -267,7 +267,7 @@ def test_the_batching_config_changes_live_under_load_without_failures(
             )
             assert response.status_code == 200, response.text
             end = transcriber_stats()
-        _wait_for_batching(transcriber_stats, shipped)
+        _wait_until(lambda: transcriber_stats()["batching"] == shipped)
     finally:
         stop.set()
         for thread in clients:
@@ -275,11 +275,11 @@ def test_the_batching_config_changes_live_under_load_without_failures(
     batches = end["batches"] - start["batches"]
     report(
         f"live batching reconfigure: {len(statuses)} requests under load "
-        f"({served_during_change} until the change was seen), "
+        f"({served_during_change} of them before the change was seen), "
         f"{sum(s != 200 for s in statuses)} failed; {windows}-window request ran as "
         f"{batches} batches"
     )
-    assert len(statuses) > served_during_change > 0
+    assert len(statuses) >= served_during_change + 2 >= 4
     assert all(status == 200 for status in statuses), statuses
     assert batches >= windows
     assert end["windows"] - start["windows"] <= batches
