@@ -2,8 +2,9 @@
 
 A request is prepared on its own (VAD, window-sized work items, language detection) and
 its items join the replica's batch queue. `@serve.batch` gathers items from every request
-in flight, weighs them in 30 s windows, and hands them to the engine's batch function off
-the event loop. A caller that disconnects is cancelled: its items leave the queue.
+in flight, weighs them in 30 s windows, and hands them to the coalescer, which runs the
+engine's batch function off the event loop. A caller that disconnects is cancelled: its
+items leave the queue.
 
 All batching knobs of both layers (Serve's batch queue and the coalescer) are one typed
 `BatchingConfig` in the deployment's `user_config`, applied in `reconfigure()` without a
