@@ -14,6 +14,8 @@ built from them, with the same model, thread count and decoding options everywhe
 The machine is noisy, so (a), (b), (c16), (b on the long file) and (d) run interleaved
 `--rounds` times and the best of each is kept. Prints audio-seconds per wall-second, p50/p95
 latency and the ratios; writes benchmarks/results/throughput.json and throughput.png.
+The Serve app runs serve_config.yaml as shipped, batching config included (the replica's
+stats, with the config in force, are saved under "whisper_replica").
 """
 
 from __future__ import annotations
@@ -221,6 +223,20 @@ def main() -> None:
     from ray import serve
 
     stats_handle = serve.get_deployment_handle("WhisperTranscriber", app_name=local.APP_NAME)
+
+    def replica_stats() -> dict[str, Any]:
+        stats: dict[str, Any] = stats_handle.stats.remote().result(timeout_s=30)
+        return stats
+
+    c16_batches: list[int] = []
+
+    def c16_round() -> Run:
+        # Engine batches per round: how well requests shared batches, whatever the noise.
+        before = replica_stats()["batches"]
+        run = asyncio.run(http_run(url, "c16", clips * 2, 16))
+        c16_batches.append(replica_stats()["batches"] - before)
+        return run
+
     try:
         # Warm every path once (model pages, VAD, the proxy's connections).
         inproc.sequential(clips[:2])
@@ -230,7 +246,7 @@ def main() -> None:
         steps: list[tuple[str, Callable[[], Run]]] = [
             ("a", lambda: inproc.sequential(clips)),
             ("b", lambda: inproc.batched("b_batched", [c[1] for c in clips], clip_audio_s)),
-            ("c16", lambda: asyncio.run(http_run(url, "c16", clips * 2, 16))),
+            ("c16", c16_round),
             ("b_long", lambda: inproc.batched("b_long", [long_file], long_s)),
             ("d", lambda: asyncio.run(http_run(url, "d", [("long.flac", long_file, long_s)], 1))),
         ]  # fmt: skip
@@ -241,7 +257,7 @@ def main() -> None:
                 print(f"round {index + 1} {key:>6}: {run.throughput:6.1f} audio-s/s")
         c1 = asyncio.run(http_run(url, "c1", clips, 1))
         c4 = asyncio.run(http_run(url, "c4", clips * 2, 4))
-        replica = stats_handle.stats.remote().result(timeout_s=30)
+        replica = replica_stats()
     finally:
         local.shutdown()
 
@@ -287,6 +303,7 @@ def main() -> None:
             "c1 p50 <= 1.2 x a p50 + 50 ms": c1.percentile(50) <= 1.2 * a_p50 + 0.05,
             "d/b >= 0.85": d.throughput / b_long.throughput >= 0.85,
         },
+        "c16_engine_batches": c16_batches,
         "whisper_replica": replica,
         "all_rounds": {
             k: [asdict(r) | {"throughput": r.throughput} for r in v] for k, v in rounds.items()
@@ -307,11 +324,16 @@ def main() -> None:
         print(
             f"{label:<28}{run.throughput:>10.1f}{run.percentile(50):>9.2f}{run.percentile(95):>9.2f}"
         )
+    pairs = zip(rounds["b"], rounds["c16"], strict=True)
+    per_round = [c.throughput / b.throughput for b, c in pairs]
+    print(f"{'c16/b per round':<28} " + " ".join(f"{ratio:.2f}" for ratio in per_round))
+    print(f"{'c16 engine batches per round':<28} {c16_batches} (32 requests each)")
     for name, value in result["ratios"].items():
         print(f"{name:<28}{value:>10.2f}")
     for name, ok in result["targets"].items():
         print(f"target {name}: {'met' if ok else 'MISSED'}")
     print(f"Whisper replica peak RSS: {replica['peak_rss_mb']:.0f} MB")
+    print(f"Whisper replica batching config: {replica.get('batching')}")
     print(f"wrote {args.out / 'throughput.json'} and {args.out / 'throughput.png'}")
 
 

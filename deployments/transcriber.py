@@ -2,10 +2,12 @@
 
 A request is prepared on its own (VAD, window-sized work items, language detection) and
 its items join the replica's batch queue. `@serve.batch` gathers items from every request
-in flight, weighs them in 30 s windows, and hands them to the engine's batch function off
-the event loop. A caller that disconnects is cancelled: its items leave the queue.
+in flight, weighs them in 30 s windows, and hands them to the coalescer, which runs the
+engine's batch function off the event loop. A caller that disconnects is cancelled: its
+items leave the queue.
 
-Batch size and wait come from `user_config` and are applied in `reconfigure()` without a
+All batching knobs of both layers (Serve's batch queue and the coalescer) are one typed
+`BatchingConfig` in the deployment's `user_config`, applied in `reconfigure()` without a
 restart. Callers talk to this deployment through `cluster.whisper_client.ServeTranscriber`.
 """
 
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.metrics import Counter, Histogram
 
@@ -32,33 +35,112 @@ from services.transcription.watchdog import CallWatchdog
 
 log = get_logger(__name__)
 
-DEFAULT_MAX_BATCH_SIZE = 8
-
 
 class BatchingConfig(BaseModel):
-    """The deployment's `user_config`: tunables applied live by `reconfigure()`."""
+    """The deployment's `user_config`: every batching knob of both layers, in one place.
 
-    model_config = ConfigDict(extra="forbid")
+    `@serve.batch` forms batches of at most `max_batch_windows` 30 s windows, waiting
+    `batch_wait_timeout_s` after the first item; the coalescer merges the batches that
+    queued while the model was busy (up to the same window budget) and waits for company
+    (`coalesce_max_wait_s`, `coalesce_quiet_s`). All of them change live through
+    `reconfigure()`, except `max_concurrent_batches`: Serve takes it once, when the
+    replica starts. Keep `max_batch_windows x max_concurrent_batches` at most the
+    deployment's `max_ongoing_requests` (Ray's rule; a test checks serve_config.yaml).
+    """
 
-    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
-    """Most 30 s windows decoded in one batch."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_windows: int = Field(default=8, ge=1)
+    """Most 30 s windows in one batch: the weight `@serve.batch` and the coalescer limit."""
 
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
-    """How long the first item of a batch waits for company."""
+    """How long `@serve.batch` waits after a batch's first item for more."""
+
+    coalesce_max_wait_s: float = Field(default=0.3, ge=0)
+    """Longest the coalescer holds a batch for requests still in VAD or coming back."""
+
+    coalesce_quiet_s: float = Field(default=0.1, ge=0)
+    """Under load, the coalescer starts once no request arrived for this long."""
+
+    max_concurrent_batches: int = Field(default=1, ge=1)
+    """Batches Serve hands to the coalescer at once (read at replica start only); the
+    hand-over is instant, so one is enough."""
+
+    @property
+    def max_ongoing_requests_needed(self) -> int:
+        """What Ray asks of `max_ongoing_requests` for these batches ever to fill."""
+        return self.max_batch_windows * self.max_concurrent_batches
 
     @classmethod
-    def from_user_config(
-        cls, user_config: dict[str, Any], max_ongoing_requests: int | None
-    ) -> BatchingConfig:
-        """Validate a `user_config`, refusing a batch size the deployment could never fill."""
-        config = cls.model_validate(user_config)
-        if max_ongoing_requests is not None and config.max_batch_size > max_ongoing_requests:
-            raise ValueError(
-                f"max_batch_size={config.max_batch_size} can never fill: the deployment's "
-                f"max_ongoing_requests is {max_ongoing_requests}; raise it first (waiting "
-                "batch items count towards it)."
+    def from_user_config(cls, user_config: Mapping[str, Any]) -> BatchingConfig:
+        """Validate a `user_config`; the error names each bad key and the known ones."""
+        try:
+            return cls.model_validate(user_config)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
             )
-        return config
+            raise ValueError(
+                f"WhisperTranscriber's user_config is not a valid batching config: {problems}. "
+                f"Known keys: {', '.join(cls.model_fields)}."
+            ) from exc
+
+
+class _Batcher(Protocol):
+    """A `@serve.batch` function of one work item, with the two settings Serve can change.
+    Its result is the item's place in the coalescer: await that for the item's result."""
+
+    def __call__(self, item: WorkItem, /) -> Awaitable[asyncio.Future[ItemResult]]: ...
+
+    def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
+
+    def set_batch_wait_timeout_s(self, new_batch_wait_timeout_s: float) -> None: ...
+
+
+def _batcher(coalescer: BatchCoalescer, config: BatchingConfig) -> _Batcher:
+    """Serve's batch queue in front of the coalescer, built per replica rather than as a
+    decorated method because `max_concurrent_batches` comes from the config.
+
+    Serve forms a batch and hands it to the coalescer, which merges whatever queued while
+    the model was busy. The hand-over returns at once (each item gets a future), so the
+    Serve batch slot is never held while the model runs: every formed batch reaches the
+    coalescer even with one concurrent batch, and Ray's rule (batch size x concurrent
+    batches <= max_ongoing_requests) holds without admitting more requests."""
+    running: set[asyncio.Task[list[ItemResult]]] = set()
+
+    async def _run_batch(items: list[WorkItem]) -> list[asyncio.Future[ItemResult]]:
+        task = asyncio.create_task(coalescer.submit(items))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return [_result_of(task, index) for index in range(len(items))]
+
+    batched = serve.batch(
+        max_batch_size=config.max_batch_windows,
+        batch_wait_timeout_s=config.batch_wait_timeout_s,
+        max_concurrent_batches=config.max_concurrent_batches,
+        batch_size_fn=count_windows,
+    )(_run_batch)
+    return cast(_Batcher, batched)
+
+
+def _result_of(batch: asyncio.Task[list[ItemResult]], index: int) -> asyncio.Future[ItemResult]:
+    """The result of one item of a batch. Its caller may cancel it (it went away) without
+    touching the batch, which other callers' items share."""
+    future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
+
+    def settle(done: asyncio.Task[list[ItemResult]]) -> None:
+        if future.done():
+            return
+        if done.cancelled():
+            future.cancel()
+        elif (error := done.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(done.result()[index])
+
+    batch.add_done_callback(settle)
+    return future
 
 
 @serve.deployment
@@ -67,7 +149,16 @@ class WhisperTranscriber:
         configure_logging(settings.logging.level)
         self._engine = WhisperEngine.from_settings(settings)
         self._engine.warm_up()
-        self._coalescer = BatchCoalescer(self._run_engine, max_windows=DEFAULT_MAX_BATCH_SIZE)
+        # Defaults until Serve calls reconfigure() with the user_config, before any traffic.
+        self._batching = BatchingConfig()
+        self._coalescer = BatchCoalescer(
+            self._run_engine,
+            max_windows=self._batching.max_batch_windows,
+            max_wait_s=self._batching.coalesce_max_wait_s,
+            quiet_s=self._batching.coalesce_quiet_s,
+        )
+        self._batch = _batcher(self._coalescer, self._batching)
+        self._batch_used = False
         self._watchdog = CallWatchdog(settings.whisper.hung_call_s)
         self._ready = True
         self._stats = {"batches": 0, "items": 0, "windows": 0, "retried": 0, "fallbacks": 0}
@@ -90,11 +181,25 @@ class WhisperTranscriber:
         log.info("transcriber_ready", model=self._engine.model_id, device=self._engine.device)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        config = BatchingConfig.from_user_config(user_config, _max_ongoing_requests())
-        batched: Any = self._run_batch  # @serve.batch adds the setters; its typing hides them
-        batched.set_max_batch_size(config.max_batch_size)
-        batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self._coalescer.max_windows = config.max_batch_size
+        config = BatchingConfig.from_user_config(user_config)
+        started = self._batching.max_concurrent_batches
+        if config.max_concurrent_batches != started:
+            if self._batch_used:
+                log.warning(
+                    "batching_needs_restart",
+                    max_concurrent_batches=config.max_concurrent_batches,
+                    running=started,
+                    hint="read when the replica starts; the rest of the config is applied",
+                )
+                config = config.model_copy(update={"max_concurrent_batches": started})
+            else:  # no request has met the batch queue yet: build it as configured
+                self._batch = _batcher(self._coalescer, config)
+        self._batch.set_max_batch_size(config.max_batch_windows)
+        self._batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._coalescer.max_windows = config.max_batch_windows
+        self._coalescer.max_wait_s = config.coalesce_max_wait_s
+        self._coalescer.quiet_s = config.coalesce_quiet_s
+        self._batching = config
         log.info("batching_configured", **config.model_dump())
 
     def check_health(self) -> None:
@@ -109,8 +214,15 @@ class WhisperTranscriber:
         return self._ready
 
     async def stats(self) -> dict[str, Any]:
-        """Counters since start, plus the process's peak RSS: for benchmarks and ops."""
-        return {**self._stats, "pid": os.getpid(), "peak_rss_mb": _peak_rss_mb()}
+        """Counters since start, the batching config in force, how long the current engine
+        call has run (None when idle) and the process's peak RSS: for benchmarks and ops."""
+        return {
+            **self._stats,
+            "batching": self._batching.model_dump(),
+            "engine_busy_s": self._watchdog.oldest_s(),
+            "pid": os.getpid(),
+            "peak_rss_mb": _peak_rss_mb(),
+        }
 
     async def transcribe(
         self,
@@ -133,7 +245,9 @@ class WhisperTranscriber:
             if prepared.items:
                 prepared.items[-1].last_of_request = True
             try:
-                results = await asyncio.gather(*(self._run_batch(i) for i in prepared.items))
+                self._batch_used = True
+                places = await asyncio.gather(*(self._batch(i) for i in prepared.items))
+                results = await asyncio.gather(*places)
             except asyncio.CancelledError:
                 # The caller went away: whatever of its work has not run yet is dropped.
                 for item in prepared.items:
@@ -150,17 +264,6 @@ class WhisperTranscriber:
                 language=prepared.language,
             )
             return transcript
-
-    # Serve forms the next batch while the previous one runs; several may wait at once and
-    # the coalescer merges them when the model frees up (see services/transcription/coalescer).
-    @serve.batch(
-        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
-        batch_wait_timeout_s=0.01,
-        max_concurrent_batches=16,
-        batch_size_fn=count_windows,
-    )
-    async def _run_batch(self, items: list[WorkItem]) -> list[ItemResult]:
-        return await self._coalescer.submit(items)
 
     def _run_engine(self, items: list[WorkItem]) -> list[ItemResult]:
         """One engine call on a worker thread; the coalescer runs one at a time."""
@@ -187,12 +290,3 @@ def _peak_rss_mb() -> float:
     except OSError:
         pass
     return 0.0
-
-
-def _max_ongoing_requests() -> int | None:
-    try:
-        context = serve.get_replica_context()
-    except Exception:  # outside a replica (unit tests): nothing to check against
-        return None
-    config = getattr(context, "_deployment_config", None)
-    return getattr(config, "max_ongoing_requests", None)

@@ -16,6 +16,9 @@ It also waits briefly for company before starting a batch, at most `max_wait_s`:
   back over a few hundred milliseconds; without this, the first of them would run alone
   in a nearly empty window (measured: one batch in two held a single request).
 A lone client never waits: its previous batch served one request.
+
+The window budget and both waits come from the Whisper deployment's batching config
+(`deployments/transcriber.py`), which sets them live on reconfigure.
 """
 
 from __future__ import annotations
@@ -46,11 +49,13 @@ class BatchCoalescer:
     def __init__(
         self,
         run: Callable[[list[WorkItem]], list[ItemResult]],
-        max_windows: int,
         *,
-        max_wait_s: float = 0.3,
-        quiet_s: float = 0.1,
+        max_windows: int,
+        max_wait_s: float,
+        quiet_s: float,
     ) -> None:
+        """The three limits are the deployment's batching config (`max_batch_windows`,
+        `coalesce_max_wait_s`, `coalesce_quiet_s`); it may change them between batches."""
         self._run = run
         self.max_windows = max_windows
         self.max_wait_s = max_wait_s

@@ -1,22 +1,32 @@
-"""Batching across requests in the real Serve app: accuracy, isolation, cancellation."""
+"""Batching across requests in the real Serve app: accuracy, isolation, cancellation,
+and its one config (no start-up warning from Ray, live changes without failures)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 
+from deployments.transcriber import BatchingConfig
 from services.transcription.audio import decode_audio
 from services.transcription.domain import SAMPLE_RATE, TranscriptionOptions
 from services.transcription.engine import WhisperEngine
+from services.transcription.packing import count_windows
+from tests import serve_local as local
 from tests.audio_variants import encode_flac
 from tests.conftest import DISTINCT, ENGLISH, Clip, report, word_error_rate, words_of
+from tests.integration.conftest import BASE_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +116,7 @@ def test_a_caller_that_disconnects_leaves_the_batch(
 
     worker = threading.Thread(target=long_request)
     worker.start()
-    time.sleep(2.0)
+    _wait_until(lambda: transcriber_stats()["engine_busy_s"] is not None)
     # ...while a second caller gives up before its turn comes.
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
@@ -119,3 +129,166 @@ def test_a_caller_that_disconnects_leaves_the_batch(
     time.sleep(1.0)
     after = transcriber_stats()
     assert after["items"] - before["items"] == long_items, "the cancelled caller's work ran"
+
+
+def _whisper_replica_logs() -> list[Path]:
+    """The Serve log file of every WhisperTranscriber replica, in this Ray session's logs."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
+    details = _get_global_client().get_serve_details()
+    paths = [
+        logs_dir / replica["log_file_path"].lstrip("/")
+        for app in details["applications"].values()
+        for replica in app["deployments"]["WhisperTranscriber"]["replicas"]
+    ]
+    assert len(paths) == 2, details["applications"].keys()  # the tiny.en and base apps
+    return paths
+
+
+def test_ray_prints_no_batching_warning_at_start(serve_url: str) -> None:
+    # Serve builds a replica's batch queue, and checks its limits, on the first request.
+    for prefix in ("", BASE_PREFIX):
+        response = httpx.post(
+            f"{serve_url}{prefix}/v1/audio/transcriptions",
+            files={"file": (DISTINCT[0].name, DISTINCT[0].path.read_bytes())},
+            data={"model": "whisper-1"},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+    for path in _whisper_replica_logs():
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        messages = [str(record.get("message", "")) for record in records]
+        assert "Finished initializing replica." in messages, path
+        assert any(m.startswith("CALL transcribe OK") for m in messages), path
+        warnings = [
+            m
+            for r, m in zip(records, messages, strict=True)
+            if "max_concurrent_batches" in m
+            or (r.get("levelname") == "WARNING" and r.get("filename") == "batching.py")
+        ]
+        assert not warnings, (path, warnings)
+
+
+@contextlib.contextmanager
+def _whisper_user_config(user_config: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Deploy the running main app with another batching config (a lightweight update, as
+    `serve deploy` of an edited file does); yields the one in force before, restored after."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _get_global_client()
+    details = client.get_serve_details()
+    original = {
+        "http_options": details["http_options"],
+        "proxy_location": details["proxy_location"],
+        "applications": [app["deployed_app_config"] for app in details["applications"].values()],
+    }
+    edited = copy.deepcopy(original)
+    (app,) = [a for a in edited["applications"] if a["name"] == local.APP_NAME]
+    (whisper,) = [d for d in app["deployments"] if d["name"] == "WhisperTranscriber"]
+    before = dict(whisper["user_config"])
+    whisper["user_config"] = user_config
+    client.deploy_apps(ServeDeploySchema.model_validate(edited), _blocking=False)
+    try:
+        yield before
+    finally:
+        client.deploy_apps(ServeDeploySchema.model_validate(original), _blocking=False)
+        local.wait_until_running(local.APP_NAME)
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not true after {timeout_s} s"
+        time.sleep(0.1)
+
+
+def test_the_batching_config_changes_live_under_load_without_failures(
+    serve_url: str, tiny_engine: WhisperEngine, transcriber_stats: Callable[[], dict[str, Any]]
+) -> None:
+    shipped = BatchingConfig.from_user_config(_shipped_user_config()).model_dump()
+    assert transcriber_stats()["batching"] == shipped
+    # About 60 s of speech in one request: several windows, one batch under the shipped config.
+    gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    parts: list[np.ndarray] = []
+    for clip in ENGLISH:
+        parts += [decode_audio(clip.path, max_duration_s=600), gap]
+        if sum(p.shape[0] for p in parts) > 60 * SAMPLE_RATE:
+            break
+    audio = np.concatenate(parts)
+    windows = count_windows(tiny_engine.prepare(audio, TranscriptionOptions()).items)
+    assert 2 <= windows <= shipped["max_batch_windows"]
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def light_load(offset: int) -> None:
+        with httpx.Client(base_url=serve_url, timeout=120) as client:
+            index = offset
+            while not stop.is_set():
+                clip = DISTINCT[index % len(DISTINCT)]
+                index += 1
+                response = client.post(
+                    "/v1/audio/transcriptions",
+                    files={"file": (clip.name, clip.path.read_bytes())},
+                    data={"model": "whisper-1"},
+                )
+                statuses.append(response.status_code)
+
+    changed = {
+        **shipped,
+        "max_batch_windows": 1,
+        "batch_wait_timeout_s": 0.02,
+        "coalesce_max_wait_s": 0.2,
+        "coalesce_quiet_s": 0.05,
+    }
+    clients = [threading.Thread(target=light_load, args=(n,)) for n in range(2)]
+    for thread in clients:
+        thread.start()
+    try:
+        _wait_until(lambda: len(statuses) >= 2)  # the load is flowing
+        with _whisper_user_config(changed) as before:
+            assert before == _shipped_user_config()
+            _wait_until(lambda: transcriber_stats()["batching"] == changed)
+            served_during_change = len(statuses)
+            _wait_until(lambda: len(statuses) >= served_during_change + 2)
+            stop.set()
+            for thread in clients:
+                thread.join()
+            # One window per batch now: the long request runs as one batch per window.
+            start = transcriber_stats()
+            response = httpx.post(
+                f"{serve_url}/v1/audio/transcriptions",
+                files={"file": ("long.flac", encode_flac(audio))},
+                data={"model": "whisper-1"},
+                timeout=120,
+            )
+            assert response.status_code == 200, response.text
+            end = transcriber_stats()
+        _wait_until(lambda: transcriber_stats()["batching"] == shipped)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    batches = end["batches"] - start["batches"]
+    report(
+        f"live batching reconfigure: {len(statuses)} requests under load "
+        f"({served_during_change} of them before the change was seen), "
+        f"{sum(s != 200 for s in statuses)} failed; {windows}-window request ran as "
+        f"{batches} batches"
+    )
+    assert len(statuses) >= served_during_change + 2 >= 4
+    assert all(status == 200 for status in statuses), statuses
+    assert batches >= windows
+    assert end["windows"] - start["windows"] <= batches
+
+
+def _shipped_user_config() -> dict[str, Any]:
+    config = yaml.safe_load(local.SERVE_CONFIG.read_text())
+    (whisper,) = [
+        d for d in config["applications"][0]["deployments"] if d["name"] == "WhisperTranscriber"
+    ]
+    user_config: dict[str, Any] = whisper["user_config"]
+    return user_config

@@ -3,6 +3,7 @@
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -34,6 +35,17 @@ class _SlowModel:
         return [[_segment(item)] for item in items]
 
 
+def _coalescer(
+    run: Callable[[list[WorkItem]], list[ItemResult]],
+    *,
+    max_windows: int,
+    max_wait_s: float = 0.3,
+    quiet_s: float = 0.1,
+) -> BatchCoalescer:
+    """A coalescer with the deployment's default waits unless a test says otherwise."""
+    return BatchCoalescer(run, max_windows=max_windows, max_wait_s=max_wait_s, quiet_s=quiet_s)
+
+
 def _segment(item: WorkItem) -> Segment:
     return Segment(
         id=0, seek=0, start=0.0, end=item.samples / SAMPLE_RATE, text=str(id(item)), tokens=[],
@@ -43,7 +55,7 @@ def _segment(item: WorkItem) -> Segment:
 
 async def test_batches_that_queue_behind_a_busy_model_run_as_one() -> None:
     model = _SlowModel()
-    coalescer = BatchCoalescer(model, max_windows=8)
+    coalescer = _coalescer(model, max_windows=8)
     batches = [[_item(5)] for _ in range(6)]
     first = asyncio.create_task(coalescer.submit(batches[0]))
     await asyncio.sleep(0.05)  # the model is busy with the first batch...
@@ -56,7 +68,7 @@ async def test_batches_that_queue_behind_a_busy_model_run_as_one() -> None:
 
 async def test_the_window_budget_is_respected() -> None:
     model = _SlowModel()
-    coalescer = BatchCoalescer(model, max_windows=2)
+    coalescer = _coalescer(model, max_windows=2)
     blocker = asyncio.create_task(coalescer.submit([_item(1)]))
     await asyncio.sleep(0.05)
     waiting = [asyncio.create_task(coalescer.submit([_item(20)])) for _ in range(4)]
@@ -64,9 +76,20 @@ async def test_the_window_budget_is_respected() -> None:
     assert [len(call) for call in model.calls] == [1, 2, 2]  # 20 s items: one per window
 
 
+async def test_a_budget_changed_while_the_model_runs_applies_to_the_next_batch() -> None:
+    model = _SlowModel()
+    coalescer = _coalescer(model, max_windows=8)
+    blocker = asyncio.create_task(coalescer.submit([_item(1)]))
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(coalescer.submit([_item(20)])) for _ in range(4)]
+    coalescer.max_windows = 2  # reconfigure() while the first batch decodes
+    await asyncio.gather(blocker, *waiting)
+    assert [len(call) for call in model.calls] == [1, 2, 2]  # not [1, 4]
+
+
 async def test_abandoned_items_never_run() -> None:
     model = _SlowModel()
-    coalescer = BatchCoalescer(model, max_windows=8)
+    coalescer = _coalescer(model, max_windows=8)
     blocker = asyncio.create_task(coalescer.submit([_item(1)]))
     await asyncio.sleep(0.05)
     gone, kept = _item(3), _item(3)
@@ -84,7 +107,7 @@ async def test_an_engine_crash_fails_the_waiting_batches_not_the_coalescer() -> 
     def crash(items: list[WorkItem]) -> list[ItemResult]:
         raise RuntimeError("boom")
 
-    coalescer = BatchCoalescer(crash, max_windows=8)
+    coalescer = _coalescer(crash, max_windows=8)
     results = await asyncio.gather(coalescer.submit([_item(1)]), return_exceptions=True)
     assert isinstance(results[0], RuntimeError)
     coalescer._run = _SlowModel()  # the next batch still runs
@@ -100,7 +123,7 @@ def _keyed(coalescer: BatchCoalescer, seconds: float) -> WorkItem:
 
 async def test_a_lone_request_never_waits_for_company() -> None:
     model = _SlowModel()
-    coalescer = BatchCoalescer(model, max_windows=8, max_wait_s=1.0)
+    coalescer = _coalescer(model, max_windows=8, max_wait_s=1.0)
     for _ in range(2):
         started = asyncio.get_running_loop().time()
         await coalescer.submit([_keyed(coalescer, 3)])
@@ -109,7 +132,7 @@ async def test_a_lone_request_never_waits_for_company() -> None:
 
 async def test_under_load_the_first_arrival_waits_for_the_others() -> None:
     model = _SlowModel()
-    coalescer = BatchCoalescer(model, max_windows=8, max_wait_s=1.0, quiet_s=0.2)
+    coalescer = _coalescer(model, max_windows=8, max_wait_s=1.0, quiet_s=0.2)
     # A batch of several requests runs: the service is under load...
     await asyncio.gather(*(coalescer.submit([_keyed(coalescer, 3)]) for _ in range(3)))
 
@@ -124,7 +147,7 @@ async def test_under_load_the_first_arrival_waits_for_the_others() -> None:
 
 async def test_an_announced_request_still_in_vad_is_waited_for() -> None:
     model = _SlowModel()
-    coalescer = BatchCoalescer(model, max_windows=8, max_wait_s=1.0)
+    coalescer = _coalescer(model, max_windows=8, max_wait_s=1.0)
     key = coalescer.announce()  # a request is running its VAD
 
     async def arrives_late() -> list[ItemResult]:
@@ -139,7 +162,7 @@ async def test_an_announced_request_still_in_vad_is_waited_for() -> None:
 
 async def test_interactive_work_runs_before_queued_background_jobs() -> None:
     model = _SlowModel()
-    coalescer = BatchCoalescer(model, max_windows=1)
+    coalescer = _coalescer(model, max_windows=1)
     blocker = asyncio.create_task(coalescer.submit([_item(1)]))
     await asyncio.sleep(0.05)
     job_chunk = _item(20)

@@ -1,17 +1,19 @@
-"""The Serve edge pieces that need no cluster: failure mapping and batching config."""
+"""The Serve edge pieces that need no cluster: failure mapping and the batching config."""
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
+import yaml
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
 from cluster.whisper_client import ServeTranscriber
-from deployments.transcriber import BatchingConfig
+from deployments.transcriber import BatchingConfig, WhisperTranscriber
 from services.core.errors import OverloadedError, UnavailableError
+from services.core.settings import Settings
 from services.transcription.domain import TranscriptionOptions
+from tests.serve_local import SERVE_CONFIG
 
 
 class _FailingMethod:
@@ -44,15 +46,58 @@ async def test_a_dead_replica_becomes_503() -> None:
     assert caught.value.status_code == 503
 
 
-def test_batching_config_refuses_a_batch_that_can_never_fill() -> None:
-    with pytest.raises(ValueError, match="max_ongoing_requests is 4"):
-        BatchingConfig.from_user_config({"max_batch_size": 16}, max_ongoing_requests=4)
-    config = BatchingConfig.from_user_config({"max_batch_size": 4}, max_ongoing_requests=4)
-    assert config.batch_wait_timeout_s == 0.01
+def _whisper_deployment() -> dict[str, Any]:
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    (app,) = config["applications"]
+    (deployment,) = [d for d in app["deployments"] if d["name"] == "WhisperTranscriber"]
+    return cast(dict[str, Any], deployment)
 
 
-def test_batching_config_refuses_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(ValidationError):
-        BatchingConfig.from_user_config({"max_batch": 4}, max_ongoing_requests=None)
-    with pytest.raises(ValidationError):
-        BatchingConfig.from_user_config({"max_batch_size": 0}, max_ongoing_requests=None)
+def test_serve_config_batches_can_fill_within_max_ongoing_requests() -> None:
+    """Ray's rule, checked on the shipped file: batch size x concurrent batches must fit in
+    max_ongoing_requests, or batches never fill (and Ray warns at every start)."""
+    deployment = _whisper_deployment()
+    config = BatchingConfig.from_user_config(deployment["user_config"])
+    assert config.max_ongoing_requests_needed == (
+        config.max_batch_windows * config.max_concurrent_batches
+    )
+    assert config.max_ongoing_requests_needed <= deployment["max_ongoing_requests"], (
+        f"{config.max_batch_windows} windows x {config.max_concurrent_batches} batches > "
+        f"max_ongoing_requests {deployment['max_ongoing_requests']}"
+    )
+    assert set(deployment["user_config"]) == set(BatchingConfig.model_fields), (
+        "serve_config.yaml should spell out every batching setting"
+    )
+
+
+def test_batching_config_refuses_unknown_keys_and_bad_values_clearly() -> None:
+    with pytest.raises(ValueError, match="max_batch_size: Extra inputs are not permitted") as e:
+        BatchingConfig.from_user_config({"max_batch_size": 4})
+    assert "Known keys: max_batch_windows, batch_wait_timeout_s" in str(e.value)
+    with pytest.raises(ValueError, match="max_batch_windows: Input should be greater than"):
+        BatchingConfig.from_user_config({"max_batch_windows": 0})
+    with pytest.raises(ValueError, match="coalesce_quiet_s: Input should be a valid number"):
+        BatchingConfig.from_user_config({"coalesce_quiet_s": "soon"})
+    config = BatchingConfig.from_user_config({"max_batch_windows": 4})
+    assert (config.max_batch_windows, config.batch_wait_timeout_s) == (4, 0.01)
+
+
+async def test_reconfigure_applies_live_keys_and_keeps_concurrency_once_serving(
+    settings: Settings,
+) -> None:
+    cls: Any = WhisperTranscriber.func_or_class  # the class behind the Serve deployment
+    replica = cls(settings)  # the real replica, tiny.en, no Ray started
+    replica.reconfigure({"max_concurrent_batches": 2})  # before traffic: built as configured
+    assert (await replica.stats())["batching"]["max_concurrent_batches"] == 2
+    replica._batch_used = True  # a request has met Serve's batch queue since
+    replica.reconfigure(
+        {"max_batch_windows": 2, "coalesce_quiet_s": 0.05, "max_concurrent_batches": 8}
+    )
+    assert (await replica.stats())["batching"] == {
+        **BatchingConfig().model_dump(),
+        "max_batch_windows": 2,
+        "coalesce_quiet_s": 0.05,
+        "max_concurrent_batches": 2,  # Serve has no setter: kept until the replica restarts
+    }
+    coalescer = replica._coalescer
+    assert (coalescer.max_windows, coalescer.max_wait_s, coalescer.quiet_s) == (2, 0.3, 0.05)
