@@ -31,7 +31,7 @@ BLOCK_S = 2.0
 
 def find_speech(audio: Waveform) -> list[Span]:
     # Imported on first use: the tracker needs the VAD, not the model, and only for long audio.
-    from services.transcription.engine import speech_spans
+    from services.transcription.whisper_adapter import speech_spans
 
     return speech_spans(audio)
 

@@ -30,7 +30,6 @@ Python file object, so a nested open could only be a reference the file makes el
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from services.core.errors import (
 )
 from services.core.logging import get_logger
 from services.transcription.domain import SAMPLE_RATE, Waveform
+from services.transcription.wav_header import head_and_size, wav_data
 
 log = get_logger(__name__)
 
@@ -103,7 +103,6 @@ _CONTAINER_OPTIONS = {
     # nested resources (playlists, concat lists, external references) must never be opened.
     "protocol_whitelist": "none",
 }
-_WAV_HEADER_PROBE_BYTES = 4096
 _EXPECTED = "flac, mp3, mp4, mpeg, mpga, m4a, ogg, wav or webm"
 
 
@@ -151,52 +150,6 @@ def _as_file(source: AudioSource) -> BinaryIO:
     return source
 
 
-@dataclass(frozen=True)
-class _WavData:
-    offset: int
-    size: int
-    byte_rate: int
-
-    @property
-    def duration_s(self) -> float:
-        return self.size / self.byte_rate
-
-
-def _wav_data(head: bytes) -> _WavData | None:
-    """Where the RIFF `data` chunk starts and how long it claims to be.
-
-    FFmpeg clamps a WAV's duration to the file size, so truncation only shows here.
-    """
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    byte_rate = None
-    pos = 12
-    while pos + 8 <= len(head):
-        chunk_id, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
-        body = pos + 8
-        if chunk_id == b"fmt " and body + 12 <= len(head):
-            byte_rate = struct.unpack("<I", head[body + 8 : body + 12])[0]
-        elif chunk_id == b"data":
-            # 0 and 0xFFFFFFFF are used by streaming writers that did not know the size.
-            if not byte_rate or size in (0, 0xFFFFFFFF):
-                return None
-            return _WavData(offset=body, size=size, byte_rate=byte_rate)
-        pos = body + size + (size & 1)
-    return None
-
-
-def _head_and_size(file: BinaryIO) -> tuple[bytes, int]:
-    """The first bytes and the total size of an upload, read before FFmpeg gets the file.
-
-    Leaves the file at position 0, where FFmpeg starts reading.
-    """
-    file.seek(0)
-    head = file.read(_WAV_HEADER_PROBE_BYTES)
-    size = file.seek(0, io.SEEK_END)
-    file.seek(0)
-    return head, size
-
-
 class AudioDecoder:
     """One opened upload: probe it, then stream its samples with a hard duration cap.
 
@@ -208,14 +161,14 @@ class AudioDecoder:
         self._owns_file = isinstance(source, bytes | Path)
         self._file = _as_file(source)
         try:
-            head, file_size = _head_and_size(self._file)
+            head, file_size = head_and_size(self._file)
         except BaseException:
             self._close_file()
             raise
         if not head:
             self._close_file()
             raise EmptyAudioError("The audio file is empty.", param="file")
-        wav = _wav_data(head)
+        wav = wav_data(head)
         # From here on the file position is FFmpeg's: nothing below touches self._file.
         self._container = self._open_container()
         container = self._container.format.name

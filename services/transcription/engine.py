@@ -1,7 +1,8 @@
-"""The faster-whisper adapter: the only module that imports `faster_whisper`.
+"""The engine: what to decode, in which windows, and what to do about what comes back.
 
-It turns audio into the project's own types in three steps, so that the Serve deployment
-can batch the middle one across requests:
+The model itself (loading, VAD, decoding windows) is behind `whisper_adapter.py`, the only
+module that imports `faster_whisper`. The engine turns audio into the project's own types
+in three steps, so that the Serve deployment can batch the middle one across requests:
 
 1. `prepare`: VAD finds the speech; it is cut into work items of at most one 30 s window;
    the language is detected per request when the model is multilingual and none was given.
@@ -16,20 +17,12 @@ compared with.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import ctranslate2
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel
-from faster_whisper.audio import pad_or_trim
-from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import TranscriptionOptions as FwOptions
-from faster_whisper.transcribe import get_suppressed_tokens
-from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from services.core.logging import get_logger
 from services.core.settings import Settings
@@ -42,7 +35,6 @@ from services.transcription.domain import (
     Transcript,
     TranscriptionOptions,
     Waveform,
-    Word,
 )
 from services.transcription.model_files import resolve_model_dir, served_model_id
 from services.transcription.packing import (
@@ -50,29 +42,31 @@ from services.transcription.packing import (
     Piece,
     Window,
     WorkItem,
-    compression_ratio,
-    cut_short,
     group_by_decode,
     plan_windows,
-    spans_callers,
     split_into_items,
-    split_window,
-    unheard_tail,
     window_fill,
 )
+from services.transcription.splitting import (
+    compression_ratio,
+    cut_short,
+    spans_callers,
+    split_window,
+    unheard_tail,
+)
+from services.transcription.whisper_adapter import (
+    COMPRESSION_RATIO_THRESHOLD,
+    WindowDecoder,
+    speech_clips,
+    speech_spans,
+    warm_up_vad,
+)
+
+__all__ = ["COMPRESSION_RATIO_THRESHOLD", "RunStats", "WhisperEngine", "speech_spans"]
 
 log = get_logger(__name__)
 
-_WINDOW_S = 30.0
-_HOST = ctranslate2.Device.cpu
-_VAD = VadOptions(max_speech_duration_s=_WINDOW_S, min_silence_duration_ms=160)
-_CUT_VAD = VadOptions(min_silence_duration_ms=100, speech_pad_ms=30)
-"""For choosing cuts: tight padding, so the gaps between spans are the pauses as heard."""
-COMPRESSION_RATIO_THRESHOLD = 2.4
-"""Whisper's sign of a repetition loop: the window's text compresses more than this."""
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
-_PREPEND_PUNCTUATIONS = "\"'“¿([{-"
-_APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 
 @dataclass
@@ -87,14 +81,6 @@ class RunStats:
     @property
     def fill_s(self) -> float:
         return self.speech_s / self.windows if self.windows else 0.0
-
-
-def speech_spans(audio: Waveform) -> list[tuple[int, int]]:
-    """Where the VAD that `prepare` runs hears speech in `audio`, as [start, end) samples.
-
-    Needs no model: the job tracker calls it on the window where it looks for a cut.
-    """
-    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, _CUT_VAD)]
 
 
 class WhisperEngine:
@@ -122,13 +108,13 @@ class WhisperEngine:
         self.decode_batch_size = decode_batch_size
         self.pack_across_requests = pack_across_requests
         self.last_run = RunStats()
-        self._model = WhisperModel(
-            str(model_dir),
+        self._decoder = WindowDecoder(
+            model_dir,
             device=device,
             compute_type=compute_type,
             cpu_threads=cpu_threads,
             num_workers=num_workers,
-            local_files_only=True,
+            beam_size=beam_size,
         )
         log.info(
             "model_loaded",
@@ -157,13 +143,13 @@ class WhisperEngine:
 
     @property
     def multilingual(self) -> bool:
-        return bool(self._model.model.is_multilingual)
+        return self._decoder.multilingual
 
     # -- step 1 -----------------------------------------------------------------------------
 
     def prepare(self, audio: Waveform, options: TranscriptionOptions) -> PreparedAudio:
         """Find the speech, cut it into window-sized items and settle the language."""
-        clips = [(c["start"], c["end"]) for c in get_speech_timestamps(audio, _VAD)]
+        clips = speech_clips(audio)
         decode = options.decode
         language, probability = decode.language or "en", 1.0
         if not self.multilingual:
@@ -183,9 +169,7 @@ class WhisperEngine:
         )
 
     def detect_language(self, speech: Waveform) -> tuple[str, float]:
-        features = self._model.feature_extractor(speech[: int(_WINDOW_S * SAMPLE_RATE)])
-        language, probability, _ = self._model.detect_language(features=features)
-        return str(language), float(probability)
+        return self._decoder.detect_language(speech)
 
     # -- step 2: the batch function ------------------------------------------------------
 
@@ -200,9 +184,21 @@ class WhisperEngine:
             stats.windows += len(windows)
             stats.speech_s += window_fill([i.samples for i in group], windows) * len(windows)
             group_results: list[ItemResult] = [[] for _ in group]
+            cut_short_items: list[int] = []
             for start in range(0, len(windows), self.decode_batch_size):
                 chunk = windows[start : start + self.decode_batch_size]
-                self._decode_isolating_failures(group, chunk, decode, group_results)
+                self._decode_isolating_failures(
+                    group, chunk, decode, group_results, later=cut_short_items
+                )
+            if cut_short_items:
+                # Decoded again together, not one window each: they are mostly a few
+                # seconds long (the last utterance of a full window). One cut short again
+                # is then decoded alone.
+                self.last_run.retried += len(cut_short_items)
+                again = _windows_of(group, sorted(set(cut_short_items)), pack=pack)
+                for start in range(0, len(again), self.decode_batch_size):
+                    chunk = again[start : start + self.decode_batch_size]
+                    self._decode_isolating_failures(group, chunk, decode, group_results)
             for index, result in zip(indices, group_results, strict=True):
                 results[index] = result
         return results
@@ -213,18 +209,27 @@ class WhisperEngine:
         windows: list[Window],
         decode: DecodeOptions,
         out: list[ItemResult],
+        *,
+        later: list[int] | None = None,
     ) -> None:
-        """Decode `windows`; if that fails, retry smaller so one bad item fails alone."""
+        """Decode `windows`; if that fails, retry smaller so one bad item fails alone.
+
+        Items of a shared window the model stopped short of go to `later` when given (the
+        caller decodes them again, packed), else they are decoded again alone at once.
+        """
         try:
             per_window = self._decode_windows(group, windows, decode)
             retry: list[Window] = []
             for window, segments in zip(windows, per_window, strict=True):
                 split = split_window(window, group, segments, tokenize=self._tokenize)
-                redo = set(cut_short(window, group, segments))
+                short = cut_short(window, group, segments)
+                redo = set() if later is not None else set(short)
                 for item_index, item_segments in split.items():
                     out[item_index] = item_segments
                     if len(window.placements) > 1 and _repetitive(item_segments):
                         redo.add(item_index)  # a loop: decoded alone, it may fall back
+                if later is not None:
+                    later.extend(i for i in short if i not in redo)
                 for item_index in sorted(redo):
                     alone = Window()
                     alone.add(item_index, group[item_index].samples)
@@ -232,14 +237,14 @@ class WhisperEngine:
         except Exception as exc:
             if len(windows) > 1:
                 for window in windows:
-                    self._decode_isolating_failures(group, [window], decode, out)
+                    self._decode_isolating_failures(group, [window], decode, out, later=later)
                 return
             (window,) = windows
             if len(window.placements) > 1:
                 for placement in window.placements:
                     alone = Window()
                     alone.add(placement.item, group[placement.item].samples)
-                    self._decode_isolating_failures(group, [alone], decode, out)
+                    self._decode_isolating_failures(group, [alone], decode, out, later=later)
                 return
             log.warning("work_item_failed", error=repr(exc), exc_info=exc)
             out[window.placements[0].item] = exc
@@ -311,78 +316,21 @@ class WhisperEngine:
     ) -> list[list[Segment]]:
         """Run the model on whole windows; segments come back in window-local seconds.
 
-        Word alignment costs 10-25 % more on CPU, so windows are decoded without it and
-        aligned afterwards only where needed: an item asked for words, or a segment runs
+        Words are aligned only where needed: an item asked for them, or a segment runs
         across two callers of a shared window (measured: 1 segment in 31).
         """
-        audios = [_window_audio(group, window) for window in windows]
-        tokenizer = Tokenizer(
-            self._model.hf_tokenizer,
-            self._model.model.is_multilingual,
-            task=decode.task.value,
-            language=decode.language or "en",
-        )
-        features = np.stack(
-            [pad_or_trim(self._model.feature_extractor(audio)[..., :-1]) for audio in audios]
-        )
-        # Each window sits at a whole multiple of 30 s on a shared timeline, as the library's
-        # own pipeline lays out its chunks; that keeps its timestamp arithmetic exact.
-        metadata = [
-            {"offset": k * _WINDOW_S, "duration": audio.shape[0] / SAMPLE_RATE, "segments": []}
-            for k, audio in enumerate(audios)
-        ]
-        options = self._options(tokenizer, decode, words=False)
-        pipeline = _Pipeline(self._model)
-        outputs = pipeline.forward(features, tokenizer, metadata, options)
 
-        def segments_of(k: int) -> list[Segment]:
-            return [_to_segment(raw, k * _WINDOW_S, decode.temperature) for raw in outputs[k]]
-
-        align = [
-            k
-            for k, window in enumerate(windows)
-            if outputs[k]
-            and (
-                any(group[p.item].word_timestamps for p in window.placements)
-                or spans_callers(window, group, segments_of(k))
+        def needs_words(k: int, segments: list[Segment]) -> bool:
+            window = windows[k]
+            return any(group[p.item].word_timestamps for p in window.placements) or (
+                spans_callers(window, group, segments)
             )
-        ]
-        if align:
-            pipeline.align(align, outputs, tokenizer, metadata, options)
-        return [segments_of(k) for k in range(len(windows))]
 
-    def _options(self, tokenizer: Tokenizer, decode: DecodeOptions, words: bool) -> FwOptions:
-        return FwOptions(
-            beam_size=self.beam_size,
-            best_of=5,
-            patience=1.0,
-            length_penalty=1.0,
-            repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            log_prob_threshold=-1.0,
-            no_speech_threshold=0.6,
-            compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
-            condition_on_previous_text=False,
-            prompt_reset_on_temperature=0.5,
-            temperatures=[decode.temperature],
-            initial_prompt=decode.prompt,
-            prefix=None,
-            suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            without_timestamps=False,
-            max_initial_timestamp=0.0,
-            word_timestamps=words,
-            prepend_punctuations=_PREPEND_PUNCTUATIONS,
-            append_punctuations=_APPEND_PUNCTUATIONS,
-            multilingual=False,
-            max_new_tokens=None,
-            clip_timestamps=[],
-            hallucination_silence_threshold=None,
-            hotwords=None,
-        )
+        audios = [_window_audio(group, window) for window in windows]
+        return self._decoder.decode(audios, decode, needs_words=needs_words)
 
     def _tokenize(self, text: str) -> list[int]:
-        return list(self._model.hf_tokenizer.encode(text, add_special_tokens=False).ids)
+        return self._decoder.tokenize(text)
 
     # -- step 3 and the one-request path ---------------------------------------------------
 
@@ -398,7 +346,7 @@ class WhisperEngine:
         tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(
             np.float32
         )
-        get_speech_timestamps(tone, _VAD)  # loads the VAD model now, not on the first request
+        warm_up_vad()
         item = WorkItem(
             speech=tone,
             pieces=[Piece(item_offset=0, source_start=0, length=tone.shape[0])],
@@ -417,108 +365,21 @@ def _repetitive(segments: Sequence[Segment]) -> bool:
     return _text_ratio(segments) > COMPRESSION_RATIO_THRESHOLD
 
 
+def _windows_of(group: Sequence[WorkItem], indices: list[int], *, pack: bool) -> list[Window]:
+    """Windows for just `group[i]` for i in `indices` (placements keep group indices)."""
+    planned = plan_windows([group[i].samples for i in indices], pack=pack)
+    windows = []
+    for plan in planned:
+        window = Window()
+        for placement in plan.placements:
+            window.add(indices[placement.item], group[indices[placement.item]].samples)
+        windows.append(window)
+    return windows
+
+
 def _window_audio(group: Sequence[WorkItem], window: Window) -> Waveform:
     audio = np.zeros(window.samples, dtype=np.float32)
     for placement in window.placements:
         speech = group[placement.item].speech
         audio[placement.window_offset : placement.window_offset + speech.shape[0]] = speech
     return audio
-
-
-def _to_segment(raw: dict[str, Any], offset_s: float, temperature: float) -> Segment:
-    words = [
-        Word(
-            start=float(w["start"]) - offset_s,
-            end=float(w["end"]) - offset_s,
-            word=str(w["word"]),
-            probability=float(w["probability"]),
-        )
-        for w in raw.get("words") or []
-    ]
-    return Segment(
-        id=0,
-        seek=0,
-        start=float(raw["start"]) - offset_s,
-        end=float(raw["end"]) - offset_s,
-        text=str(raw["text"]),
-        tokens=[int(t) for t in raw["tokens"]],
-        temperature=temperature,
-        avg_logprob=float(raw["avg_logprob"]),
-        compression_ratio=float(raw["compression_ratio"]),
-        no_speech_prob=float(raw["no_speech_prob"]),
-        words=words,
-    )
-
-
-class _Pipeline(BatchedInferencePipeline):  # type: ignore[misc]
-    """The library's batched pipeline, with `temperature` honoured and alignment on demand.
-
-    The library always decodes greedily or by beam, whatever the temperature; above 0 this
-    samples at the requested temperature. It also keeps the encoder output of the last
-    batch, so that word alignment can run afterwards on just the windows that need it.
-    """
-
-    def align(
-        self,
-        indices: list[int],
-        outputs: list[list[dict[str, Any]]],
-        tokenizer: Tokenizer,
-        metadata: list[dict[str, Any]],
-        options: FwOptions,
-    ) -> None:
-        """Add word timestamps to `outputs[k]` for each k in `indices`, in place."""
-        encoder = self._encoder_output
-        on_host = np.asarray(encoder if encoder.device == "cpu" else encoder.to_device(_HOST))
-        subset = ctranslate2.StorageView.from_array(np.ascontiguousarray(on_host[indices]))
-        if encoder.device != "cpu":
-            subset = subset.to_device(ctranslate2.Device.cuda)
-        frames = [
-            int(math.ceil(metadata[k]["duration"]) * self.model.frames_per_second) for k in indices
-        ]
-        self.model.add_word_timestamps(
-            [outputs[k] for k in indices],
-            tokenizer,
-            subset,
-            frames,
-            options.prepend_punctuations,
-            options.append_punctuations,
-            0.0,
-        )
-
-    def generate_segment_batched(
-        self, features: np.ndarray, tokenizer: Tokenizer, options: FwOptions
-    ) -> tuple[Any, list[dict[str, Any]]]:
-        temperature = options.temperatures[0]
-        if temperature <= 0:
-            result: tuple[Any, list[dict[str, Any]]] = super().generate_segment_batched(
-                features, tokenizer, options
-            )
-            self._encoder_output = result[0]
-            return result
-        model = self.model
-        previous = tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
-        prompt = model.get_prompt(tokenizer, previous_tokens=previous, without_timestamps=False)
-        encoder_output = self._encoder_output = model.encode(features)
-        results = model.model.generate(
-            encoder_output,
-            [list(prompt) for _ in range(features.shape[0])],
-            beam_size=1,
-            sampling_topk=0,
-            sampling_temperature=temperature,
-            max_length=model.max_length,
-            suppress_blank=options.suppress_blank,
-            suppress_tokens=options.suppress_tokens,
-            return_scores=True,
-            return_no_speech_prob=True,
-        )
-        output = []
-        for res in results:
-            tokens = res.sequences_ids[0]
-            output.append(
-                {
-                    "avg_logprob": res.scores[0] * len(tokens) / (len(tokens) + 1),
-                    "no_speech_prob": res.no_speech_prob,
-                    "tokens": tokens,
-                }
-            )
-        return encoder_output, output

@@ -10,13 +10,11 @@ from services.transcription.packing import (
     Piece,
     WorkItem,
     count_windows,
-    cut_short,
     group_by_decode,
     plan_windows,
-    spans_callers,
     split_into_items,
-    split_window,
 )
+from services.transcription.splitting import cut_short, spans_callers, split_window
 
 SR = SAMPLE_RATE
 EN = DecodeOptions(language="en")

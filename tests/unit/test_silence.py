@@ -14,8 +14,9 @@ from services.jobs.chunking import Chunker, ChunkPlan, boundaries
 from services.transcription.domain import SAMPLE_RATE as SR
 from services.transcription.domain import DecodeOptions, Segment, Transcript, Word
 from services.transcription.merge import ChunkTranscript, merge_chunks
-from services.transcription.packing import split_into_items, unheard_tail
+from services.transcription.packing import count_windows, split_into_items
 from services.transcription.silence import pause_cut, pauses_in, quietest_sample
+from services.transcription.splitting import unheard_tail
 
 
 def test_pauses_are_the_gaps_between_speech_within_the_window() -> None:
@@ -183,10 +184,14 @@ def test_items_end_at_a_pause_not_inside_a_sentence() -> None:
     # Three sentences; the second is two VAD clips that touch (a comma pause).
     clips = [(0, 12 * SR), (13 * SR, 20 * SR), (20 * SR, 27 * SR), (28 * SR, 35 * SR)]
     items = split_into_items(clips, audio, DecodeOptions(), word_timestamps=False)
+    # One item per run of touching clips (a sentence is never split), and the packer fills
+    # windows with them: here two windows, as when consecutive runs were joined.
     assert [[p.source_start for p in item.pieces] for item in items] == [
         [0],
-        [13 * SR, 20 * SR, 28 * SR],
+        [13 * SR, 20 * SR],
+        [28 * SR],
     ]
+    assert count_windows(items) == 2
 
 
 def test_the_unheard_tail_of_an_item_becomes_an_item_of_its_own() -> None:

@@ -1,0 +1,274 @@
+"""Everything that touches faster-whisper: the one module that imports it.
+
+The engine (`engine.py`) decides what to decode, in which windows, and what to do about
+what comes back; this module loads the model, runs the VAD, and decodes whole 30 s windows
+in padded batches through the library's `BatchedInferencePipeline`. It goes beyond the
+library's public API in two places, both pinned by `tests/unit/test_whisper_adapter.py` to
+the version below:
+
+- `_Pipeline` overrides `generate_segment_batched` (to sample at the requested temperature,
+  which the library ignores, and to keep the encoder output) and relies on `forward`
+  calling it and splitting segments with `WhisperModel._split_segments_by_timestamps`;
+- `_Pipeline.align` reads that kept encoder output (`_encoder_output`) and calls
+  `WhisperModel.add_word_timestamps` on just the windows that need words.
+
+A faster-whisper upgrade must re-check both, then move `WRITTEN_FOR`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ctranslate2
+import numpy as np
+from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import TranscriptionOptions as FwOptions
+from faster_whisper.transcribe import get_suppressed_tokens
+from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+from services.transcription.domain import SAMPLE_RATE, DecodeOptions, Segment, Waveform, Word
+
+WRITTEN_FOR = "1.2.1"
+"""The faster-whisper version whose internals `_Pipeline` was written against."""
+
+WINDOW_S = 30.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+"""Whisper's sign of a repetition loop: the window's text compresses more than this."""
+
+_HOST = ctranslate2.Device.cpu
+_VAD = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
+"""For finding the speech to transcribe: the library pipeline's own settings."""
+_CUT_VAD = VadOptions(min_silence_duration_ms=100, speech_pad_ms=30)
+"""For choosing cuts: tight padding, so the gaps between spans are the pauses as heard."""
+_PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+_APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+def speech_clips(audio: Waveform) -> list[tuple[int, int]]:
+    """The speech in `audio` to transcribe, as [start, end) samples, at most 30 s each."""
+    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, _VAD)]
+
+
+def speech_spans(audio: Waveform) -> list[tuple[int, int]]:
+    """Where speech is heard in `audio`, tightly padded, as [start, end) samples.
+
+    Needs no model: the job tracker calls it on the window where it looks for a cut.
+    """
+    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, _CUT_VAD)]
+
+
+class WindowDecoder:
+    """A loaded Whisper model that decodes batches of 30 s windows into `Segment`s."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        device: str,
+        compute_type: str,
+        cpu_threads: int,
+        num_workers: int,
+        beam_size: int,
+    ) -> None:
+        self.beam_size = beam_size
+        self._model = WhisperModel(
+            str(model_dir),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+            local_files_only=True,
+        )
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._model.model.is_multilingual)
+
+    def detect_language(self, speech: Waveform) -> tuple[str, float]:
+        features = self._model.feature_extractor(speech[: int(WINDOW_S * SAMPLE_RATE)])
+        language, probability, _ = self._model.detect_language(features=features)
+        return str(language), float(probability)
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._model.hf_tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(
+        self,
+        audios: Sequence[Waveform],
+        decode: DecodeOptions,
+        *,
+        needs_words: Callable[[int, list[Segment]], bool],
+    ) -> list[list[Segment]]:
+        """Run the model on whole windows; segments come back in window-local seconds.
+
+        Word alignment costs 10-25 % more on CPU, so windows are decoded without it and
+        aligned afterwards only where `needs_words(k, segments of window k)` says so.
+        """
+        tokenizer = Tokenizer(
+            self._model.hf_tokenizer,
+            self._model.model.is_multilingual,
+            task=decode.task.value,
+            language=decode.language or "en",
+        )
+        features = np.stack(
+            [pad_or_trim(self._model.feature_extractor(audio)[..., :-1]) for audio in audios]
+        )
+        # Each window sits at a whole multiple of 30 s on a shared timeline, as the library's
+        # own pipeline lays out its chunks; that keeps its timestamp arithmetic exact.
+        metadata = [
+            {"offset": k * WINDOW_S, "duration": audio.shape[0] / SAMPLE_RATE, "segments": []}
+            for k, audio in enumerate(audios)
+        ]
+        options = self._options(tokenizer, decode)
+        pipeline = _Pipeline(self._model)
+        outputs = pipeline.forward(features, tokenizer, metadata, options)
+
+        def segments_of(k: int) -> list[Segment]:
+            return [_to_segment(raw, k * WINDOW_S, decode.temperature) for raw in outputs[k]]
+
+        decoded = [segments_of(k) for k in range(len(audios))]
+        align = [k for k in range(len(audios)) if outputs[k] and needs_words(k, decoded[k])]
+        if align:
+            pipeline.align(align, outputs, tokenizer, metadata, options)
+            for k in align:
+                decoded[k] = segments_of(k)
+        return decoded
+
+    def _options(self, tokenizer: Tokenizer, decode: DecodeOptions) -> FwOptions:
+        return FwOptions(
+            beam_size=self.beam_size,
+            best_of=5,
+            patience=1.0,
+            length_penalty=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            log_prob_threshold=-1.0,
+            no_speech_threshold=0.6,
+            compression_ratio_threshold=COMPRESSION_RATIO_THRESHOLD,
+            condition_on_previous_text=False,
+            prompt_reset_on_temperature=0.5,
+            temperatures=[decode.temperature],
+            initial_prompt=decode.prompt,
+            prefix=None,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            without_timestamps=False,
+            max_initial_timestamp=0.0,
+            word_timestamps=False,
+            prepend_punctuations=_PREPEND_PUNCTUATIONS,
+            append_punctuations=_APPEND_PUNCTUATIONS,
+            multilingual=False,
+            max_new_tokens=None,
+            clip_timestamps=[],
+            hallucination_silence_threshold=None,
+            hotwords=None,
+        )
+
+
+def warm_up_vad() -> None:
+    """Load the VAD model now, not on the first request."""
+    get_speech_timestamps(np.zeros(SAMPLE_RATE, dtype=np.float32), _VAD)
+
+
+def _to_segment(raw: dict[str, Any], offset_s: float, temperature: float) -> Segment:
+    words = [
+        Word(
+            start=float(w["start"]) - offset_s,
+            end=float(w["end"]) - offset_s,
+            word=str(w["word"]),
+            probability=float(w["probability"]),
+        )
+        for w in raw.get("words") or []
+    ]
+    return Segment(
+        id=0,
+        seek=0,
+        start=float(raw["start"]) - offset_s,
+        end=float(raw["end"]) - offset_s,
+        text=str(raw["text"]),
+        tokens=[int(t) for t in raw["tokens"]],
+        temperature=temperature,
+        avg_logprob=float(raw["avg_logprob"]),
+        compression_ratio=float(raw["compression_ratio"]),
+        no_speech_prob=float(raw["no_speech_prob"]),
+        words=words,
+    )
+
+
+class _Pipeline(BatchedInferencePipeline):  # type: ignore[misc]
+    """The library's batched pipeline, with `temperature` honoured and alignment on demand.
+
+    The library always decodes greedily or by beam, whatever the temperature; above 0 this
+    samples at the requested temperature. It also keeps the encoder output of the last
+    batch, so that word alignment can run afterwards on just the windows that need it.
+    """
+
+    def align(
+        self,
+        indices: list[int],
+        outputs: list[list[dict[str, Any]]],
+        tokenizer: Tokenizer,
+        metadata: list[dict[str, Any]],
+        options: FwOptions,
+    ) -> None:
+        """Add word timestamps to `outputs[k]` for each k in `indices`, in place."""
+        encoder = self._encoder_output
+        on_host = np.asarray(encoder if encoder.device == "cpu" else encoder.to_device(_HOST))
+        subset = ctranslate2.StorageView.from_array(np.ascontiguousarray(on_host[indices]))
+        if encoder.device != "cpu":
+            subset = subset.to_device(ctranslate2.Device.cuda)
+        frames = [
+            int(math.ceil(metadata[k]["duration"]) * self.model.frames_per_second) for k in indices
+        ]
+        self.model.add_word_timestamps(
+            [outputs[k] for k in indices],
+            tokenizer,
+            subset,
+            frames,
+            options.prepend_punctuations,
+            options.append_punctuations,
+            0.0,
+        )
+
+    def generate_segment_batched(
+        self, features: np.ndarray, tokenizer: Tokenizer, options: FwOptions
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        temperature = options.temperatures[0]
+        if temperature <= 0:
+            result: tuple[Any, list[dict[str, Any]]] = super().generate_segment_batched(
+                features, tokenizer, options
+            )
+            self._encoder_output = result[0]
+            return result
+        model = self.model
+        previous = tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
+        prompt = model.get_prompt(tokenizer, previous_tokens=previous, without_timestamps=False)
+        encoder_output = self._encoder_output = model.encode(features)
+        results = model.model.generate(
+            encoder_output,
+            [list(prompt) for _ in range(features.shape[0])],
+            beam_size=1,
+            sampling_topk=0,
+            sampling_temperature=temperature,
+            max_length=model.max_length,
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=options.suppress_tokens,
+            return_scores=True,
+            return_no_speech_prob=True,
+        )
+        output = []
+        for res in results:
+            tokens = res.sequences_ids[0]
+            output.append(
+                {
+                    "avg_logprob": res.scores[0] * len(tokens) / (len(tokens) + 1),
+                    "no_speech_prob": res.no_speech_prob,
+                    "tokens": tokens,
+                }
+            )
+        return encoder_output, output
