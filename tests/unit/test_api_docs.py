@@ -18,11 +18,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from deployments.dependencies import build_container
+from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
 from services.core.settings import Settings
-from services.jobs.wiring import build_job_runtime
 from services.migrations import upgrade as migrate
+from services.resources import build_resources
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
 from tests.live_app import serve_on_loopback
@@ -47,8 +47,8 @@ OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 @pytest.fixture(scope="module")
 def app(settings: Settings, tiny_engine: WhisperEngine) -> FastAPI:
     migrate(settings.database_url)
-    runtime = build_job_runtime(settings, nudge=lambda: None)
-    return create_app(build_container(settings, LocalTranscriber(tiny_engine), "tiny.en", runtime))
+    runtime = build_resources(settings, nudge=lambda: None)
+    return create_app(build_ingress_resources(runtime, LocalTranscriber(tiny_engine)))
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import openai
 import pytest
 from openai.types.audio import Transcription, TranscriptionVerbose, Translation
 
-from deployments.dependencies import build_container
+from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
 from services.core.settings import Settings
-from services.jobs.wiring import build_job_runtime
 from services.migrations import upgrade as migrate
+from services.resources import build_resources
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
 from tests.conftest import DISTINCT, HOSTILE
@@ -26,8 +26,8 @@ from tests.live_app import serve_on_loopback
 @pytest.fixture(scope="module")
 def client(settings: Settings, tiny_engine: WhisperEngine) -> Iterator[openai.OpenAI]:
     migrate(settings.database_url)
-    runtime = build_job_runtime(settings, nudge=lambda: None)
-    app = create_app(build_container(settings, LocalTranscriber(tiny_engine), "tiny.en", runtime))
+    runtime = build_resources(settings, nudge=lambda: None)
+    app = create_app(build_ingress_resources(runtime, LocalTranscriber(tiny_engine)))
     with serve_on_loopback(app) as url:
         yield openai.OpenAI(
             base_url=f"{url}/v1", api_key="unused", max_retries=0, _strict_response_validation=True
