@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from deployments.auth import AuthMiddleware, build_authenticator
 from deployments.controllers import health, jobs, model_list, transcriptions
 from deployments.dependencies import Container
 from deployments.errors import install_error_handlers
@@ -26,6 +27,7 @@ def create_app(container: Container) -> FastAPI:
         version="0.1.0",
     )
     app.state.container = container
+    app.state.auth = build_authenticator(container.settings.auth)
     server = container.settings.server
     # Open event streams are counted per replica, so the limiter lives with the app.
     app.state.streams = StreamLimiter(
@@ -56,5 +58,8 @@ def create_app(container: Container) -> FastAPI:
         min_rate_bytes_s=server.min_upload_rate_bytes_s,
         window_s=server.slow_body_window_s,
     )
+    # Inside the request context (its refusals carry the request id), outside everything
+    # that reads the body: an unauthenticated upload is refused before it is read.
+    app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from deployments.auth import TranscriberDep
 from deployments.controllers.forms import (
     FileField,
     FormatField,
@@ -28,6 +29,8 @@ from services.jobs.views import JobPage, JobView
 from services.transcription.domain import ResponseFormat, Task, TimestampGranularity
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every route takes the caller (`TranscriberDep`, 403 without the role) and passes
+# `caller.visible_owner` down: another owner's job then answers 404 like a missing one.
 
 RECONNECT_RETRY_MS = 2000
 """The `retry:` hint sent when a stream ends at its maximum lifetime."""
@@ -43,6 +46,7 @@ def _location(request: Request, job_id: str) -> str:
 async def submit_job(
     request: Request,
     response: Response,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     transcription: TranscriptionServiceDep,
     file: FileField,
@@ -68,7 +72,7 @@ async def submit_job(
         granularities=granularities(timestamp_granularities, timestamp_granularities_plain),
     )
     view, created = await jobs.submit(
-        file.file, file.size, fields, owner=None, idempotency_key=idempotency_key
+        file.file, file.size, fields, owner=caller.owner, idempotency_key=idempotency_key
     )
     response.headers["Location"] = _location(request, view.id)
     if not created:
@@ -78,35 +82,39 @@ async def submit_job(
 
 @router.get("", summary="Jobs, newest first")
 async def list_jobs(
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobPage:
-    return await jobs.page(owner=None, status=status, limit=limit, cursor=cursor)
+    return await jobs.page(owner=caller.visible_owner, status=status, limit=limit, cursor=cursor)
 
 
 @router.get("/{job_id}", summary="A job's status and progress")
-async def get_job(job_id: str, jobs: JobsServiceDep) -> JobView:
-    return await jobs.get(job_id, owner=None)
+async def get_job(job_id: str, caller: TranscriberDep, jobs: JobsServiceDep) -> JobView:
+    return await jobs.get(job_id, owner=caller.visible_owner)
 
 
 @router.get("/{job_id}/result", summary="The transcript of a succeeded job")
 async def get_result(
     job_id: str,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     response_format: ResponseFormat | None = None,
     timestamp_granularities: Annotated[
         list[TimestampGranularity] | None, Query(alias="timestamp_granularities[]")
     ] = None,
 ) -> Response:
-    rendered = await jobs.result(job_id, None, response_format, timestamp_granularities or [])
+    rendered = await jobs.result(
+        job_id, caller.visible_owner, response_format, timestamp_granularities or []
+    )
     return rendered_response(rendered)
 
 
 @router.delete("/{job_id}", summary="Cancel a job, or delete a finished job's data")
-async def delete_job(job_id: str, jobs: JobsServiceDep) -> JobView:
-    return await jobs.cancel_or_delete(job_id, owner=None)
+async def delete_job(job_id: str, caller: TranscriberDep, jobs: JobsServiceDep) -> JobView:
+    return await jobs.cancel_or_delete(job_id, owner=caller.visible_owner)
 
 
 def _last_event_id(
@@ -143,12 +151,13 @@ def _client_key(request: Request) -> str | None:
 async def _stream_slot(
     job_id: str,
     request: Request,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     last_event_id: Annotated[int | None, Depends(_last_event_id)],
 ) -> AsyncIterator[StreamSlot]:
     """Checks (400, 404, 429) run here, before the response starts; the slot is held until
     the stream ends in any way (finish, lifetime, disconnect, error)."""
-    await jobs.get(job_id, owner=None)
+    await jobs.get(job_id, owner=caller.visible_owner)
     limiter: StreamLimiter = request.app.state.streams
     slot = limiter.acquire(job_id, _client_key(request))
     try:
@@ -165,6 +174,7 @@ async def _stream_slot(
 async def job_events(
     job_id: str,
     request: Request,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     slot: Annotated[StreamSlot, Depends(_stream_slot)],
     last_event_id: Annotated[int | None, Depends(_last_event_id)],
@@ -175,7 +185,7 @@ async def job_events(
     server = request.app.state.container.settings.server
     last_sent = last_event_id if last_event_id is not None else -1
     updates = paced(
-        jobs.events(job_id, owner=None),
+        jobs.events(job_id, owner=caller.visible_owner),
         keepalive_s=server.sse_keepalive_s,
         lifetime_s=server.sse_max_lifetime_s,
     )
