@@ -33,6 +33,10 @@ class LocalIdP:
         self.jwks_fetches = 0
         self.discovery_fetches = 0
         self.minted: list[str] = []
+        self.delay_s = 0.0
+        """How long the JWKS endpoint takes to answer (a slow provider)."""
+        self.down = False
+        """When set, the JWKS endpoint answers 503."""
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -172,6 +176,10 @@ class LocalIdP:
                 elif self.path == f"/realms/{REALM}/protocol/openid-connect/certs":
                     with idp._lock:
                         idp.jwks_fetches += 1
+                    time.sleep(idp.delay_s)
+                    if idp.down:
+                        self.send_error(503)
+                        return
                     body = idp.jwks()
                 else:
                     self.send_error(404)

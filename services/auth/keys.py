@@ -86,6 +86,7 @@ class KeyCache:
         self._keys: Mapping[str, PyJWK] = {}
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
+        self._failing = False
         self._lock: asyncio.Lock | None = None
         self.fetches = 0
         """Fetches attempted so far (tests and the log read it)."""
@@ -117,7 +118,7 @@ class KeyCache:
         async with self._lock:
             if self._fetched_at != stale_at:
                 return  # another caller fetched while we waited
-            if not self._cooled_down():  # a fetch failed a moment ago
+            if self._failing and not self._cooled_down():  # it failed a moment ago
                 if not self._keys:
                     raise KeyFetchError("the identity provider was unreachable moments ago")
                 return  # keep the keys we have
@@ -126,10 +127,11 @@ class KeyCache:
             try:
                 keys = await self._fetch()
             except KeyFetchError as exc:
+                self._failing = True
                 log.warning("jwks_fetch_failed", error=str(exc), have_keys=bool(self._keys))
                 if not self._keys:
                     raise
                 return
-            self._keys = dict(keys)
+            self._keys, self._failing = dict(keys), False
             self._fetched_at = self._clock()
             log.info("jwks_fetched", kids=sorted(self._keys))

@@ -345,21 +345,6 @@ class Settings(BaseSettings):
     """Who may call: bearer tokens (JWT) from an OpenID Connect provider, and their roles."""
 
     @model_validator(mode="after")
-    def _resolve_auth(self) -> Settings:
-        dev = self.env is Environment.DEV
-        # A copy: the section's default instance is shared by every Settings.
-        self.auth = self.auth.model_copy(
-            update={
-                "mode": self.auth.mode or (AuthMode.OFF if dev else AuthMode.JWT),
-                "open_docs": dev if self.auth.open_docs is None else self.auth.open_docs,
-            }
-        )
-        problems = self.auth.problems(self.env)
-        if problems:
-            raise ValueError("invalid auth settings: " + "; ".join(problems))
-        return self
-
-    @model_validator(mode="after")
     def _refuse_unsafe_values_outside_dev(self) -> Settings:
         if self.env is Environment.DEV:
             return self
@@ -384,6 +369,21 @@ class Settings(BaseSettings):
     def _anchor_data_dir(self) -> Settings:
         # Ray workers do not share the launching shell's working directory.
         self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_auth(self) -> Settings:
+        dev = self.env is Environment.DEV
+        # A copy: the section's default instance is shared by every Settings.
+        self.auth = self.auth.model_copy(
+            update={
+                "mode": self.auth.mode or (AuthMode.OFF if dev else AuthMode.JWT),
+                "open_docs": dev if self.auth.open_docs is None else self.auth.open_docs,
+            }
+        )
+        problems = self.auth.problems(self.env)
+        if problems:
+            raise ValueError("invalid auth settings: " + "; ".join(problems))
         return self
 
     @property
