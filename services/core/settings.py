@@ -246,7 +246,7 @@ class AuthSettings(BaseModel):
     client_id: str | None = None
     """The API's own client in the realm: its client roles (`resource_access[client_id].roles`) count."""
 
-    algorithms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["RS256", "ES256"])
+    algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256"]
     """Signature algorithms accepted, comma-separated; pinned here, never taken from the token."""
 
     allowed_clients: Annotated[list[str] | None, NoDecode] = None
