@@ -33,7 +33,8 @@ STATE = ScanState()
 
 
 def scan_report(report: pytest.TestReport) -> None:
-    text = "\n".join(content for _, content in report.sections)
+    # A report carries the sections of the phases before it too; read each phase once.
+    text = "\n".join(content for title, content in report.sections if title.endswith(report.when))
     STATE.scanned_chars += len(text)
     STATE.auth_failures_seen += text.count("auth_failed")
     STATE.leaks += [(report.nodeid, hit) for hit in find_secrets(text)]

@@ -13,6 +13,7 @@ from jwt import PyJWK
 
 from services.auth.keys import KeyCache, KeyFetchError
 from tests.auth.conftest import EnvFactory, bearer
+from tests.conftest import report
 from tests.idp import LocalIdP
 
 
@@ -37,6 +38,10 @@ async def test_1000_random_kids_cause_at_most_one_fetch_per_cooldown(
         statuses += [r.status_code for r in responses]
     elapsed = time.perf_counter() - started
     assert statuses == [401] * 1000
+    report(
+        f"auth: 1000 tokens with random kids -> {idp.jwks_fetches - before} JWKS fetch(es) "
+        f"in {elapsed:.1f} s (cooldown 30 s)"
+    )
     assert idp.jwks_fetches - before <= 1, idp.jwks_fetches - before
     assert elapsed < 30.0  # all within one cooldown, so one fetch is the bound
 
@@ -54,6 +59,7 @@ async def test_random_kids_over_several_cooldowns(auth_env: EnvFactory, idp: Loc
         sent += 1
     periods = (time.perf_counter() - started) / cooldown
     fetches = idp.jwks_fetches - before
+    report(f"auth: {sent} random kids over {periods:.1f} cooldowns -> {fetches} JWKS fetches")
     assert sent > 50
     assert 1 <= fetches <= int(periods) + 1, (fetches, periods)
 
@@ -70,7 +76,9 @@ async def test_a_rotated_key_is_accepted_within_one_cooldown(
     while (await env.client.get("/v1/jobs", headers=bearer(token))).status_code != 200:
         assert time.perf_counter() - started < cooldown + 0.5, "rotated key not picked up"
         await asyncio.sleep(0.05)
-    assert time.perf_counter() - started <= cooldown + 0.5
+    waited = time.perf_counter() - started
+    report(f"auth: rotated key accepted after {waited:.2f} s (cooldown {cooldown} s)")
+    assert waited <= cooldown + 0.5
     idp.withdraw(new_kid)
 
 
