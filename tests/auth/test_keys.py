@@ -4,6 +4,8 @@ a slow or failing provider never blocks the event loop or takes known keys away.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -11,8 +13,10 @@ from collections.abc import Mapping
 import pytest
 from jwt import PyJWK
 
+from deployments.auth import Authenticator, build_authenticator
+from services.auth.errors import AuthenticationError
 from services.auth.keys import KeyCache, KeyFetchError
-from tests.auth.conftest import EnvFactory, bearer
+from tests.auth.conftest import EnvFactory, auth_settings, bearer
 from tests.conftest import report
 from tests.idp import LocalIdP
 
@@ -22,22 +26,35 @@ async def _warm(env_client: object, idp: LocalIdP) -> None:
     assert response.status_code == 200, response.text
 
 
-async def test_1000_random_kids_cause_at_most_one_fetch_per_cooldown(
-    auth_env: EnvFactory, idp: LocalIdP
-) -> None:
-    env = await auth_env(jwks_cooldown_s=30.0)
-    await _warm(env.client, idp)
+def _random_kid(token: str) -> str:
+    """The token with a random `kid` in its header (no new signature needed: the kid is
+    looked up before any signature is checked)."""
+    header = {"alg": "RS256", "typ": "JWT", "kid": uuid.uuid4().hex}
+    encoded = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+    return encoded + token[token.index(".") :]
+
+
+async def _refused(authenticator: Authenticator, token: str) -> str:
+    assert authenticator.verifier is not None
+    try:
+        await authenticator.verifier.verify(token)
+    except AuthenticationError as exc:
+        return exc.reason
+    return "accepted"
+
+
+async def test_1000_random_kids_cause_at_most_one_fetch_per_cooldown(idp: LocalIdP) -> None:
+    authenticator = build_authenticator(auth_settings(idp, jwks_cooldown_s=30.0))
+    assert authenticator.verifier is not None
+    valid = idp.token()
+    assert (await authenticator.verifier.verify(valid)).owner == f"{idp.issuer}#alice"
     before = idp.jwks_fetches
-    tokens = [idp.token(headers={"kid": uuid.uuid4().hex}) for _ in range(1000)]
     started = time.perf_counter()
-    statuses: list[int] = []
-    for batch in range(0, 1000, 100):  # 100 concurrent requests at a time
-        responses = await asyncio.gather(
-            *(env.client.get("/v1/jobs", headers=bearer(t)) for t in tokens[batch : batch + 100])
-        )
-        statuses += [r.status_code for r in responses]
+    reasons = await asyncio.gather(
+        *(_refused(authenticator, _random_kid(valid)) for _ in range(1000))
+    )
     elapsed = time.perf_counter() - started
-    assert statuses == [401] * 1000
+    assert reasons == ["unknown_kid"] * 1000
     report(
         f"auth: 1000 tokens with random kids -> {idp.jwks_fetches - before} JWKS fetch(es) "
         f"in {elapsed:.1f} s (cooldown 30 s)"
@@ -46,21 +63,22 @@ async def test_1000_random_kids_cause_at_most_one_fetch_per_cooldown(
     assert elapsed < 30.0  # all within one cooldown, so one fetch is the bound
 
 
-async def test_random_kids_over_several_cooldowns(auth_env: EnvFactory, idp: LocalIdP) -> None:
+async def test_random_kids_over_several_cooldowns(idp: LocalIdP) -> None:
     cooldown = 0.3
-    env = await auth_env(jwks_cooldown_s=cooldown)
-    await _warm(env.client, idp)
+    authenticator = build_authenticator(auth_settings(idp, jwks_cooldown_s=cooldown))
+    valid = idp.token()
+    assert await _refused(authenticator, valid) == "accepted"
     before = idp.jwks_fetches
     started = time.perf_counter()
     sent = 0
     while time.perf_counter() - started < 4 * cooldown:
-        token = idp.token(headers={"kid": uuid.uuid4().hex})
-        assert (await env.client.get("/v1/jobs", headers=bearer(token))).status_code == 401
+        assert await _refused(authenticator, _random_kid(valid)) == "unknown_kid"
         sent += 1
+        await asyncio.sleep(0.005)
     periods = (time.perf_counter() - started) / cooldown
     fetches = idp.jwks_fetches - before
     report(f"auth: {sent} random kids over {periods:.1f} cooldowns -> {fetches} JWKS fetches")
-    assert sent > 50
+    assert sent >= 10
     assert 1 <= fetches <= int(periods) + 1, (fetches, periods)
 
 
@@ -98,14 +116,14 @@ async def test_a_slow_provider_does_not_block_the_event_loop(
     auth_env: EnvFactory, idp: LocalIdP
 ) -> None:
     env = await auth_env()
-    idp.delay_s = 1.0
+    idp.delay_s = 1.5
     try:
         verifying = asyncio.create_task(env.client.get("/v1/jobs", headers=bearer(idp.token())))
         await asyncio.sleep(0.1)  # the fetch is under way on a worker thread
         started = time.perf_counter()
         assert (await env.client.get("/healthz")).status_code == 200
-        assert time.perf_counter() - started < 0.5
-        assert not verifying.done()
+        assert time.perf_counter() - started < 1.0
+        assert not verifying.done()  # the loop served /healthz while the fetch waited
         assert (await verifying).status_code == 200
     finally:
         idp.delay_s = 0.0

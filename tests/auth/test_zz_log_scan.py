@@ -18,6 +18,6 @@ def test_the_scanner_finds_tokens() -> None:
 
 
 def test_no_token_minted_in_this_run_was_logged(idp: LocalIdP) -> None:
-    assert len(idp.minted) > 1000  # the auth tests ran before this one
+    assert len(idp.minted) > 20  # the auth tests ran before this one
     assert log_scan.STATE.auth_failures_seen > 20  # and their log lines were scanned
     assert log_scan.STATE.leaks == []
