@@ -22,9 +22,9 @@ from services.auth.errors import AuthenticationError, PermissionDeniedError
 from services.auth.keys import Fetch, HttpKeySource, KeyCache
 from services.auth.principal import ANONYMOUS, Principal, Role
 from services.auth.verifier import TokenVerifier
+from services.core.auth_settings import AuthMode, AuthSettings
 from services.core.errors import UnavailableError
 from services.core.logging import get_logger
-from services.core.settings import AuthMode, AuthSettings
 
 log = get_logger(__name__)
 

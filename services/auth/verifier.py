@@ -28,8 +28,8 @@ from jwt.exceptions import (
 from services.auth.errors import AuthenticationError
 from services.auth.keys import KeyCache, KeyFetchError
 from services.auth.principal import Principal, Role
+from services.core.auth_settings import AuthSettings
 from services.core.errors import UnavailableError
-from services.core.settings import AuthSettings
 
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 MAX_TOKEN_CHARS = 16 * 1024

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.core.settings import AuthMode, AuthSettings
+from services.core.auth_settings import AuthMode, AuthSettings
 from tests.idp import API_CLIENT, LocalIdP
 from tests.jobs.conftest import (  # noqa: F401  (fixtures, registered by import)
     JobsEnv,

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.core.settings import AuthMode, Settings
+from services.core.auth_settings import AuthMode
+from services.core.settings import Settings
 
 PROD: dict[str, Any] = {
     "_env_file": None,
