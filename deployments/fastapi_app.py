@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from deployments.api_docs import serve_docs
+from deployments.auth import AuthMiddleware, build_authenticator
 from deployments.controllers import health, jobs, model_list, transcriptions
 from deployments.dependencies import IngressResources
 from deployments.errors import install_error_handlers
@@ -30,6 +31,7 @@ def create_app(resources: IngressResources) -> FastAPI:
     )
     serve_docs(app, title=TITLE)
     app.state.resources = resources
+    app.state.auth = build_authenticator(resources.settings.auth)
     server = resources.settings.server
     # Open event streams are counted per replica, so the limiter lives with the app.
     app.state.streams = StreamLimiter(
@@ -60,5 +62,8 @@ def create_app(resources: IngressResources) -> FastAPI:
         min_rate_bytes_s=server.min_upload_rate_bytes_s,
         window_s=server.slow_body_window_s,
     )
+    # Inside the request context (its refusals carry the request id), outside everything
+    # that reads the body: an unauthenticated upload is refused before it is read.
+    app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     app.add_middleware(RequestContextMiddleware)
     return app

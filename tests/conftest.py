@@ -18,6 +18,7 @@ import jiwer
 import pytest
 
 from services.core.settings import Settings
+from tests import log_scan
 from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
@@ -98,6 +99,14 @@ _REPORT: list[str] = []
 def report(line: str) -> None:
     """Add a line to the summary printed at the end of the run (figures such as WER)."""
     _REPORT.append(line)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    log_scan.scan_report(report)  # no test's captured output may hold a token
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    log_scan.finish(session)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -38,7 +38,7 @@ async def healthz() -> Liveness:
 
 
 @router.get("/readyz", responses=READINESS)
-async def readyz(readiness: ReadinessServiceDep) -> JSONResponse:
+async def readyz(request: Request, readiness: ReadinessServiceDep) -> JSONResponse:
     """Readiness: 200 when every required check (model, database) is ok, else 503.
 
     `model` and `jobs` are state the ingress holds (refreshed in the background), so this
@@ -46,4 +46,5 @@ async def readyz(readiness: ReadinessServiceDep) -> JSONResponse:
     """
     result = await readiness.check()
     body = {"status": "ready" if result.ready else "unavailable", **result.checks}
+    body["auth"] = request.app.state.auth.settings.mode.value  # `off` must be visible
     return JSONResponse(body, status_code=200 if result.ready else 503)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from deployments.auth import TranscriberDep
 from deployments.controllers.forms import (
     TRANSCRIPT_RESPONSES,
     UPLOAD_ERRORS,
@@ -24,6 +25,8 @@ from services.jobs.views import JobPage, JobView
 from services.transcription.domain import ResponseFormat, TimestampGranularity
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every route takes the caller (`TranscriberDep`, 403 without the role) and passes
+# `caller.visible_owner` down: another owner's job then answers 404 like a missing one.
 
 RECONNECT_RETRY_MS = 2000
 """The `retry:` hint sent when a stream ends at its maximum lifetime."""
@@ -58,6 +61,7 @@ SUBMITTED: dict[int | str, dict[str, Any]] = {
 async def submit_job(
     request: Request,
     response: Response,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     transcription: TranscriptionServiceDep,
     file: FileField,
@@ -66,7 +70,7 @@ async def submit_job(
 ) -> JobView:
     fields = transcription.check(form.for_route(form.task))
     view, created = await jobs.submit(
-        file.file, fields, owner=None, idempotency_key=idempotency_key
+        file.file, fields, owner=caller.owner, idempotency_key=idempotency_key
     )
     response.headers["Location"] = _location(request, view.id)
     if not created:
@@ -76,17 +80,18 @@ async def submit_job(
 
 @router.get("", summary="Jobs, newest first", responses=error_responses(400))
 async def list_jobs(
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobPage:
-    return await jobs.page(owner=None, status=status, limit=limit, cursor=cursor)
+    return await jobs.page(owner=caller.visible_owner, status=status, limit=limit, cursor=cursor)
 
 
 @router.get("/{job_id}", summary="A job's status and progress", responses=error_responses(404))
-async def get_job(job_id: str, jobs: JobsServiceDep) -> JobView:
-    return await jobs.get(job_id, owner=None)
+async def get_job(job_id: str, caller: TranscriberDep, jobs: JobsServiceDep) -> JobView:
+    return await jobs.get(job_id, owner=caller.visible_owner)
 
 
 @router.get(
@@ -98,13 +103,16 @@ async def get_job(job_id: str, jobs: JobsServiceDep) -> JobView:
 )
 async def get_result(
     job_id: str,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     response_format: ResponseFormat | None = None,
     timestamp_granularities: Annotated[
         list[TimestampGranularity] | None, Query(alias="timestamp_granularities[]")
     ] = None,
 ) -> Response:
-    rendered = await jobs.result(job_id, None, response_format, timestamp_granularities or [])
+    rendered = await jobs.result(
+        job_id, caller.visible_owner, response_format, timestamp_granularities or []
+    )
     return rendered_response(rendered)
 
 
@@ -113,8 +121,8 @@ async def get_result(
     summary="Cancel a job, or delete a finished job's data",
     responses=error_responses(404),
 )
-async def delete_job(job_id: str, jobs: JobsServiceDep) -> JobView:
-    return await jobs.cancel_or_delete(job_id, owner=None)
+async def delete_job(job_id: str, caller: TranscriberDep, jobs: JobsServiceDep) -> JobView:
+    return await jobs.cancel_or_delete(job_id, owner=caller.visible_owner)
 
 
 def _last_event_id(
@@ -151,12 +159,13 @@ def _client_key(request: Request) -> str | None:
 async def _stream_slot(
     job_id: str,
     request: Request,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     last_event_id: Annotated[int | None, Depends(_last_event_id)],
 ) -> AsyncIterator[StreamSlot]:
     """Checks (400, 404, 429) run here, before the response starts; the slot is held until
     the stream ends in any way (finish, lifetime, disconnect, error)."""
-    await jobs.get(job_id, owner=None)
+    await jobs.get(job_id, owner=caller.visible_owner)
     limiter: StreamLimiter = request.app.state.streams
     slot = limiter.acquire(job_id, _client_key(request))
     try:
@@ -174,6 +183,7 @@ async def _stream_slot(
 async def job_events(
     job_id: str,
     request: Request,
+    caller: TranscriberDep,
     jobs: JobsServiceDep,
     slot: Annotated[StreamSlot, Depends(_stream_slot)],
     last_event_id: Annotated[int | None, Depends(_last_event_id)],
@@ -184,7 +194,7 @@ async def job_events(
     server = request.app.state.resources.settings.server
     last_sent = last_event_id if last_event_id is not None else -1
     updates = paced(
-        jobs.events(job_id, owner=None),
+        jobs.events(job_id, owner=caller.visible_owner),
         keepalive_s=server.sse_keepalive_s,
         lifetime_s=server.sse_max_lifetime_s,
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
+from deployments.auth import require_transcriber
 from deployments.controllers.forms import (
     TRANSCRIPT_RESPONSES,
     UPLOAD_ERRORS,
@@ -15,7 +16,7 @@ from deployments.dependencies import TranscriptionServiceDep
 from services.transcription.domain import Task
 from services.transcription.formats import RenderedTranscript
 
-router = APIRouter(prefix="/v1/audio", tags=["audio"])
+router = APIRouter(prefix="/v1/audio", tags=["audio"], dependencies=[Depends(require_transcriber)])
 
 
 def rendered_response(rendered: RenderedTranscript) -> Response:

@@ -32,6 +32,16 @@ class Principal:
         return Role.ADMIN in self.roles
 
     @property
+    def visible_owner(self) -> str | None:
+        """Whose jobs this caller sees: None means everyone's (admin only, including jobs
+        from before authentication, owner null), else only its own."""
+        if self.is_admin:
+            return None
+        if self.owner is None:
+            raise ValueError("a caller without an identity sees no jobs")
+        return self.owner
+
+    @property
     def limit_key(self) -> str:
         """The key rate limits and quotas are counted under."""
         return self.owner or "anonymous"

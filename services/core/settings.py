@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.auth_settings import AuthMode, AuthSettings
+
 MIB = 1024 * 1024
 PUBLIC_BIND_ADDRESSES = frozenset({"0.0.0.0", "::", "[::]"})
 
@@ -247,6 +249,9 @@ class Settings(BaseSettings):
     logging: LoggingSettings = LoggingSettings()
     """Structured logging."""
 
+    auth: AuthSettings = AuthSettings()
+    """Who may call: bearer tokens (JWT) from an OpenID Connect provider, and their roles."""
+
     @model_validator(mode="after")
     def _refuse_unsafe_values_outside_dev(self) -> Settings:
         if self.env is Environment.DEV:
@@ -272,6 +277,21 @@ class Settings(BaseSettings):
     def _anchor_data_dir(self) -> Settings:
         # Ray workers do not share the launching shell's working directory.
         self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_auth(self) -> Settings:
+        dev = self.env is Environment.DEV
+        # A copy: the section's default instance is shared by every Settings.
+        self.auth = self.auth.model_copy(
+            update={
+                "mode": self.auth.mode or (AuthMode.OFF if dev else AuthMode.JWT),
+                "open_docs": dev if self.auth.open_docs is None else self.auth.open_docs,
+            }
+        )
+        problems = self.auth.problems(self.env.value)
+        if problems:
+            raise ValueError("invalid auth settings: " + "; ".join(problems))
         return self
 
     @property

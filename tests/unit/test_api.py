@@ -236,7 +236,7 @@ def test_health_probes(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "model": "ok", "database": "ok"}
+    assert ready.json() == {"status": "ready", "model": "ok", "database": "ok", "auth": "off"}
 
 
 def test_unknown_route_and_method_use_the_openai_body(client: TestClient) -> None:

@@ -83,12 +83,14 @@ async def test_readyz_reads_held_state_and_never_calls_the_model(probe: Any) -> 
     assert time.monotonic() - started < 1.0  # acceptance is 2 s; the model was never asked
     assert ready.status_code == 200
     # The tracker is reported, not required: jobs wait durably while it restarts.
-    assert ready.json() == {"status": "ready", "model": "ok", "database": "ok", "jobs": "down"}
+    assert ready.json() == {
+        "status": "ready", "model": "ok", "database": "ok", "jobs": "down", "auth": "off"
+    }  # fmt: skip
     jobs.set(True)
     assert (await client.get("/readyz")).json()["jobs"] == "ok"
     model.set(False)
     down = await client.get("/readyz")
     assert down.status_code == 503
     assert down.json() == {
-        "status": "unavailable", "model": "down", "database": "ok", "jobs": "ok"
+        "status": "unavailable", "model": "down", "database": "ok", "jobs": "ok", "auth": "off"
     }  # fmt: skip

@@ -51,6 +51,7 @@ def test_outside_dev_safe_values_pass() -> None:
         env="prod",
         data_dir=Path("/srv/rayscribe"),
         database={"url": "postgresql+asyncpg://rayscribe@db/rayscribe"},
+        auth={"issuer": "https://sso.example.com/realms/acme", "audience": "rayscribe-api"},
     )
     assert settings.model_cache_dir == Path("/srv/rayscribe/models")
 
