@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from deployments.controllers import health, jobs, model_list, transcriptions
 from deployments.dependencies import Container
 from deployments.errors import install_error_handlers
+from deployments.limits import RateLimited, install_limits
 from deployments.middleware import (
     MULTIPART_OVERHEAD_BYTES,
     BodyLimitMiddleware,
@@ -35,8 +36,9 @@ def create_app(container: Container) -> FastAPI:
             per_client=server.sse_max_streams_per_client if server.trusted_client_header else None,
         )
     )
-    for router in (transcriptions.router, jobs.router, model_list.router, health.router):
-        app.include_router(router)
+    for router in (transcriptions.router, jobs.router, model_list.router):
+        app.include_router(router, dependencies=[RateLimited])  # per-user request rate
+    app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(StorageGuardMiddleware, settings=container.settings)
     upload_limit = container.settings.server.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
@@ -57,4 +59,5 @@ def create_app(container: Container) -> FastAPI:
         window_s=server.slow_body_window_s,
     )
     app.add_middleware(RequestContextMiddleware)
+    install_limits(app, container.settings, container.readiness)  # quotas, CORS (outermost)
     return app

@@ -21,6 +21,7 @@ from deployments.controllers.forms import (
 )
 from deployments.controllers.transcriptions import rendered_response
 from deployments.dependencies import JobsServiceDep, TranscriptionServiceDep
+from deployments.limits import JobAdmissionDep
 from services.core.errors import InvalidRequestError
 from services.jobs.streams import Expired, Item, KeepAlive, StreamLimiter, StreamSlot, paced
 from services.jobs.tables import JobStatus
@@ -45,6 +46,7 @@ async def submit_job(
     response: Response,
     jobs: JobsServiceDep,
     transcription: TranscriptionServiceDep,
+    admission: JobAdmissionDep,
     file: FileField,
     model: ModelField,
     language: LanguageField = None,
@@ -67,8 +69,11 @@ async def submit_job(
         temperature=temperature,
         granularities=granularities(timestamp_granularities, timestamp_granularities_plain),
     )
-    view, created = await jobs.submit(
-        file.file, file.size, fields, owner=None, idempotency_key=idempotency_key
+    view, created = await admission.submit(
+        file.file,
+        lambda quota: jobs.submit(
+            file.file, file.size, fields, owner=None, idempotency_key=idempotency_key, quota=quota
+        ),
     )
     response.headers["Location"] = _location(request, view.id)
     if not created:

@@ -17,6 +17,7 @@ from deployments.controllers.forms import (
     granularities,
 )
 from deployments.dependencies import TranscriptionServiceDep
+from deployments.limits import AudioAdmissionDep
 from services.transcription.domain import ResponseFormat, Task
 from services.transcription.service import RenderedTranscript
 
@@ -32,6 +33,7 @@ def rendered_response(rendered: RenderedTranscript) -> Response:
 @router.post("/transcriptions", summary="Transcribe audio into the input language")
 async def create_transcription(
     service: TranscriptionServiceDep,
+    admit: AudioAdmissionDep,
     file: FileField,
     model: ModelField,
     language: LanguageField = None,
@@ -50,12 +52,13 @@ async def create_transcription(
         temperature=temperature,
         granularities=granularities(timestamp_granularities, timestamp_granularities_plain),
     )
-    return rendered_response(await service.transcribe(file.file, file.size, request))
+    return rendered_response(await service.transcribe(file.file, file.size, request, admit=admit))
 
 
 @router.post("/translations", summary="Translate audio into English text")
 async def create_translation(
     service: TranscriptionServiceDep,
+    admit: AudioAdmissionDep,
     file: FileField,
     model: ModelField,
     prompt: PromptField = None,
@@ -71,4 +74,4 @@ async def create_translation(
         temperature=temperature,
         granularities=[],
     )
-    return rendered_response(await service.transcribe(file.file, file.size, request))
+    return rendered_response(await service.transcribe(file.file, file.size, request, admit=admit))

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import structlog
@@ -93,8 +94,11 @@ class JobRunner:
         transcriber: Transcriber,
         settings: JobsSettings,
         model_id: str,
+        on_finished: Callable[[Job, float], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
+        self._on_finished = on_finished
+        """Called once per succeeded job with its decoded length (usage reconciliation)."""
         self._sessions = sessions
         self._storage = storage
         self._jobs = jobs
@@ -337,6 +341,7 @@ class JobRunner:
             raise LeaseLostError
         log.info("job_succeeded", audio_s=round(transcript.duration_s, 1))
         await self._publish(job.id)
+        await self._after_finish(job, transcript.duration_s)
 
     async def _interrupted(self, job: Job, exc: Exception) -> None:
         """Overload or a replica restart: wait with capped backoff; attempts are kept."""
@@ -406,3 +411,14 @@ class JobRunner:
             await self._jobs.changed(await self._jobs.get_fresh(job_id))
         except Exception as exc:
             log.warning("job_event_not_published", error=repr(exc))
+
+    # -- usage reconciliation (services/limits): after the job is stored as succeeded -----
+
+    async def _after_finish(self, job: Job, decoded_s: float) -> None:
+        """Never fails the job: it is already stored and published."""
+        if self._on_finished is None:
+            return
+        try:
+            await self._on_finished(job, decoded_s)
+        except Exception as exc:
+            log.warning("job_finish_hook_failed", error=repr(exc))

@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Any, BinaryIO
@@ -44,6 +44,9 @@ from services.transcription.domain import (
 from services.transcription.service import RenderedTranscript, TranscriptionRequest, render
 
 log = get_logger(__name__)
+
+Quota = Callable[[AsyncSession, str | None, int], Awaitable[None]]
+"""Per-owner quotas checked inside the submission transaction (raises to refuse)."""
 
 ANONYMOUS_SCOPE = "anonymous"
 MAX_PAGE = 100
@@ -99,8 +102,11 @@ class JobsService:
         *,
         owner: str | None,
         idempotency_key: str | None,
+        quota: Quota | None = None,
     ) -> tuple[JobView, bool]:
-        """Store the audio and the job durably; returns the job and whether it is new."""
+        """Store the audio and the job durably; returns the job and whether it is new.
+
+        `quota` is checked in the transaction that inserts the job (services/limits)."""
         if size is not None and size > self._settings.max_upload_bytes:
             raise FileTooLargeError(
                 f"The file has {size} bytes; jobs accept at most "
@@ -125,7 +131,7 @@ class JobsService:
         stored = await self._storage.save(upload)
         try:
             view, created = await self._create(
-                stored, info.declared_duration_s, request, owner, idempotency_key
+                stored, info.declared_duration_s, request, owner, idempotency_key, quota
             )
         except BaseException:
             await self._storage.delete(stored.key)
@@ -144,6 +150,7 @@ class JobsService:
         request: TranscriptionRequest,
         owner: str | None,
         idempotency_key: str | None,
+        quota: Quota | None = None,
     ) -> tuple[JobView, bool]:
         now = utcnow()
         options = job_options(request)
@@ -195,6 +202,8 @@ class JobsService:
                     existing = await repo.get(held.job_id)
                     if existing is not None:
                         return JobView.of(existing), False
+            if quota is not None:
+                await quota(session, owner, stored.size)
             await repo.add(job)
             return JobView.of(job), True
 

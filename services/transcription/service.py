@@ -7,7 +7,7 @@ the in-process engine in unit tests and tools. Nothing here knows which.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -15,6 +15,7 @@ from services.core.errors import InvalidRequestError
 from services.transcription import formats
 from services.transcription.audio import AudioTooLongError, FileTooLargeError, decode_audio
 from services.transcription.domain import (
+    SAMPLE_RATE,
     DecodeOptions,
     ResponseFormat,
     Task,
@@ -135,9 +136,16 @@ class TranscriptionService:
         return build_request(accepted_models=self.accepted_model_ids, **fields)
 
     async def transcribe(
-        self, file: BinaryIO, size: int | None, request: TranscriptionRequest
+        self,
+        file: BinaryIO,
+        size: int | None,
+        request: TranscriptionRequest,
+        *,
+        admit: Callable[[float], Awaitable[None]] | None = None,
     ) -> RenderedTranscript:
-        """Decode the upload (bounded), run the model and render the requested format."""
+        """Decode the upload (bounded), run the model and render the requested format.
+
+        `admit` is charged the decoded length before inference (it raises to refuse)."""
         if size is not None and size > self._max_upload_bytes:
             raise FileTooLargeError(
                 f"The file has {size} bytes; this endpoint accepts at most "
@@ -157,6 +165,8 @@ class TranscriptionService:
                 f"{exc.message} Submit longer audio as an asynchronous job: POST /v1/jobs.",
                 param="file",
             ) from exc
+        if admit is not None:
+            await admit(len(audio) / SAMPLE_RATE)
         transcript = await self._transcriber.transcribe(audio, request.options)
         await self._results.put(audio_sha256, request.options, transcript)
         return render(transcript, request)
