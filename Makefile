@@ -23,7 +23,7 @@ install-dev: $(VENV)/.installed-dev
 
 ## Serve the app on the embedded defaults (tiny.en, CPU, SQLite) at http://127.0.0.1:8000
 run: install migrate
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/serve run serve_config.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m deployments.serve_launch run serve_config.yaml
 
 ## Apply the database migrations (once, before Serve starts; safe to repeat)
 migrate: install

@@ -108,8 +108,9 @@ class UsageLimiter:
         return self._memory.take(f"{kind.value}:{key}", quota, cost, force=force)
 
     async def status(self) -> str:
-        """For /readyz: `ok` (shared in Redis) or `per_process`; probes Redis when it was down."""
-        if self._client is not None and not self._breaker.healthy:
+        """For /readyz: `ok` (shared in Redis) or `per_process`; pings Redis through the
+        breaker (skipped while it is open), so a recovered Redis is noticed here too."""
+        if self._client is not None:
 
             async def ping() -> bool:
                 return bool(await self._client.ping())
