@@ -69,14 +69,15 @@ def _limits(request: Request) -> EdgeLimits:
 
 async def rate_limited(request: Request, response: Response, principal: PrincipalDep) -> None:
     """A router dependency: one request from this user, or 429 with the RateLimit headers."""
-    decision = await _limits(request).limiter.take(Kind.REQUESTS, principal.limit_key)
-    if decision is None:
+    limiter = _limits(request).limiter
+    quota = limiter.quota(Kind.REQUESTS)
+    decision = await limiter.take(Kind.REQUESTS, principal.limit_key)
+    if quota is None or decision is None:
         return
     if not decision.allowed:
         raise RateLimitExceededError(
-            f"Too many requests: at most {decision.limit:g} per "
-            f"{_limits(request).limiter.quota(Kind.REQUESTS).period_s:g} s."  # type: ignore[union-attr]
-            " Retry after the time in the Retry-After header.",
+            f"Too many requests: at most {decision.limit:g} per {quota.period_s:g} s; "
+            "retry after the time in the Retry-After header.",
             decision,
         )
     response.headers.update(limit_headers(decision.limit, decision.remaining, decision.reset_s))
