@@ -1,9 +1,9 @@
 # CPU image of rayscribe: the Serve app on the bundled tiny.en model.
 #   docker build -t rayscribe .
 #   docker run --rm -p 8000:8000 rayscribe
-# Inside the container the proxy binds 0.0.0.0 so the published port works; that is only
-# allowed in RAYSCRIBE_ENV=dev until authentication lands: put an authenticating proxy in
-# front for anything else.
+# Inside the container the proxy binds 0.0.0.0 (RAYSCRIBE_SERVER__HOST, applied by
+# deployments/serve_launch.py, the one place that decides the bind) so the published port
+# works; with authentication off that starts only in RAYSCRIBE_ENV=dev, with a loud warning.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -27,12 +27,11 @@ COPY deployments ./deployments
 COPY services ./services
 COPY cluster ./cluster
 COPY serve_config.yaml ./
-RUN pip install --no-deps . \
-    && sed -i 's/host: 127.0.0.1/host: 0.0.0.0/' serve_config.yaml
+RUN pip install --no-deps .
 
 USER rayscribe
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"
 # Migrations first (they take an advisory lock on PostgreSQL, so replicas never race).
-CMD ["sh", "-c", "python -m services.migrations upgrade head && exec serve run serve_config.yaml"]
+CMD ["sh", "-c", "python -m services.migrations upgrade head && exec python -m deployments.serve_launch run serve_config.yaml"]

@@ -24,9 +24,7 @@ install-dev: $(VENV)/.installed-dev
 ## Serve the app on the embedded defaults (tiny.en, CPU, SQLite) at http://127.0.0.1:8000
 ## (serve_config.yaml stamped with the code and settings digest, so a redeploy rolls the replicas)
 run: install migrate
-	mkdir -p .rayscribe
-	$(PY) -m deployments.app serve_config.yaml > .rayscribe/serve_config.yaml
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/serve run .rayscribe/serve_config.yaml
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m deployments.serve_launch run serve_config.yaml
 
 ## Apply the database migrations (once, before Serve starts; safe to repeat)
 migrate: install

@@ -19,12 +19,13 @@ code than the deploying side).
 # No `from __future__ import annotations` here: Serve reads the builder's annotation at run
 # time to validate `args` against AppArgs, and a string annotation would skip that.
 import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 from ray.serve import Application
 
 from cluster.job_tracker import JobTracker
@@ -54,9 +55,16 @@ class AppArgs(BaseModel):
     every replica of the app. Empty: not stamped (edits on disk then need a new config)."""
 
 
+def _reveal(value: Any) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
 def release_digest(settings: Settings, root: Path = ROOT) -> str:
     """Changes whenever the code under `SOURCE_ROOTS` or the resolved settings change."""
-    digest = hashlib.sha256(settings.model_dump_json().encode())
+    # Secrets count too (a new database password must roll the replicas); only the
+    # digest leaves this function, never the values.
+    values = json.dumps(settings.model_dump(), default=_reveal, sort_keys=True)
+    digest = hashlib.sha256(values.encode())
     for package in SOURCE_ROOTS:
         for path in sorted((root / package).rglob("*.py")):
             digest.update(str(path.relative_to(root)).encode())

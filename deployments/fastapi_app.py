@@ -9,6 +9,7 @@ from deployments.auth import AuthMiddleware, build_authenticator
 from deployments.controllers import health, jobs, model_list, transcriptions
 from deployments.dependencies import IngressResources
 from deployments.errors import install_error_handlers
+from deployments.limits import RateLimited, install_limits
 from deployments.middleware import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
@@ -41,8 +42,9 @@ def create_app(resources: IngressResources) -> FastAPI:
             per_client=server.sse_max_streams_per_client if server.trusted_client_header else None,
         )
     )
-    for router in (transcriptions.router, jobs.router, model_list.router, health.router):
-        app.include_router(router)
+    for router in (transcriptions.router, jobs.router, model_list.router):
+        app.include_router(router, dependencies=[RateLimited])  # per-user request rate
+    app.include_router(health.router)
     install_error_handlers(app)
     app.add_middleware(StorageGuardMiddleware, settings=resources.settings)
     # The one check of the upload size: the whole body, counted as it streams in.
@@ -66,4 +68,5 @@ def create_app(resources: IngressResources) -> FastAPI:
     # that reads the body: an unauthenticated upload is refused before it is read.
     app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     app.add_middleware(RequestContextMiddleware)
+    install_limits(app, resources.settings, resources.readiness)  # quotas, CORS (outermost)
     return app

@@ -20,6 +20,7 @@ from services.core.settings import Settings
 from services.core.storage import LocalAudioStorage
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobsService
+from services.limits.wiring import job_usage_reconciler
 from services.transcription.model_files import served_model_id
 from services.transcription.result_cache import ResultCache, ResultStore, engine_version
 from services.transcription.service import Transcriber
@@ -49,6 +50,7 @@ class Resources:
             transcriber=transcriber,
             settings=self.settings.jobs,
             model_id=self.jobs.model_id,
+            on_finished=job_usage_reconciler(self.settings, self.storage),
         )
 
     async def close(self) -> None:

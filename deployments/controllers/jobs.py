@@ -18,6 +18,7 @@ from deployments.controllers.forms import (
 from deployments.controllers.transcriptions import rendered_response
 from deployments.dependencies import JobsServiceDep, TranscriptionServiceDep
 from deployments.errors import error_responses
+from deployments.limits import JobAdmissionDep
 from services.core.errors import InvalidRequestError
 from services.jobs.streams import Expired, Item, KeepAlive, StreamLimiter, StreamSlot, paced
 from services.jobs.tables import JobStatus
@@ -64,13 +65,17 @@ async def submit_job(
     caller: TranscriberDep,
     jobs: JobsServiceDep,
     transcription: TranscriptionServiceDep,
+    admission: JobAdmissionDep,
     file: FileField,
     form: RequestForm,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobView:
     fields = transcription.check(form.for_route(form.task))
-    view, created = await jobs.submit(
-        file.file, fields, owner=caller.owner, idempotency_key=idempotency_key
+    view, created = await admission.submit(
+        file.file,
+        lambda quota: jobs.submit(
+            file.file, fields, owner=caller.owner, idempotency_key=idempotency_key, quota=quota
+        ),
     )
     response.headers["Location"] = _location(request, view.id)
     if not created:

@@ -13,6 +13,7 @@ from deployments.controllers.forms import (
     RequestForm,
 )
 from deployments.dependencies import TranscriptionServiceDep
+from deployments.limits import AudioAdmissionDep
 from services.transcription.domain import Task
 from services.transcription.formats import RenderedTranscript
 
@@ -31,10 +32,13 @@ def rendered_response(rendered: RenderedTranscript) -> Response:
     responses={**TRANSCRIPT_RESPONSES, **UPLOAD_ERRORS},
 )
 async def create_transcription(
-    service: TranscriptionServiceDep, file: FileField, form: RequestForm
+    service: TranscriptionServiceDep,
+    admit: AudioAdmissionDep,
+    file: FileField,
+    form: RequestForm,
 ) -> Response:
     request = form.for_route(Task.TRANSCRIBE)
-    return rendered_response(await service.transcribe(file.file, request))
+    return rendered_response(await service.transcribe(file.file, request, admit=admit))
 
 
 @router.post(
@@ -44,7 +48,10 @@ async def create_transcription(
     responses={**TRANSCRIPT_RESPONSES, **UPLOAD_ERRORS},
 )
 async def create_translation(
-    service: TranscriptionServiceDep, file: FileField, form: RequestForm
+    service: TranscriptionServiceDep,
+    admit: AudioAdmissionDep,
+    file: FileField,
+    form: RequestForm,
 ) -> Response:
     request = form.for_route(Task.TRANSLATE, granularities=False)
-    return rendered_response(await service.transcribe(file.file, request))
+    return rendered_response(await service.transcribe(file.file, request, admit=admit))

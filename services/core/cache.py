@@ -297,7 +297,9 @@ def create_cache(
     if settings.url is None:
         return MemoryCache(memory_max_bytes)
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
-    return RedisCache(settings.url, timeout_s=settings.timeout_s, breaker=breaker)
+    return RedisCache(
+        settings.url.get_secret_value(), timeout_s=settings.timeout_s, breaker=breaker
+    )
 
 
 class FallbackCache:

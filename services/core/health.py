@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from services.core.logging import get_logger
@@ -23,6 +23,8 @@ from services.core.logging import get_logger
 log = get_logger(__name__)
 
 Check = Callable[[], Awaitable[bool]]
+Report = Callable[[], Awaitable[bool | str]]
+"""An optional check may answer a state of its own (e.g. `per_process`) instead of ok/down."""
 Probe = Callable[[], bool]
 
 
@@ -36,27 +38,32 @@ class ReadinessService:
     def __init__(
         self,
         required: dict[str, Check],
-        optional: dict[str, Check] | None = None,
+        optional: Mapping[str, Report] | None = None,
         *,
         timeout_s: float = 2.0,
     ) -> None:
         self._required = required
-        self._optional = optional or {}
+        self._optional = dict(optional or {})
         self._timeout_s = timeout_s
 
+    def add_optional(self, name: str, check: Report) -> None:
+        self._optional[name] = check
+
     async def check(self) -> Readiness:
-        checks = {**self._required, **self._optional}
+        checks: dict[str, Report] = {**self._required, **self._optional}
         outcomes = await asyncio.gather(*(self._run(name, c) for name, c in checks.items()))
         statuses = dict(zip(checks, outcomes, strict=True))
         ready = all(statuses[name] == "ok" for name in self._required)
         return Readiness(ready=ready, checks=statuses)
 
-    async def _run(self, name: str, check: Check) -> str:
+    async def _run(self, name: str, check: Report) -> str:
         try:
             ok = await asyncio.wait_for(check(), self._timeout_s)
         except Exception as exc:
             log.warning("readiness_check_failed", check=name, error=repr(exc))
             return "down"
+        if isinstance(ok, str):
+            return ok
         return "ok" if ok else "down"
 
 

@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.auth_settings import AuthMode, AuthSettings
@@ -30,7 +30,7 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     host: str = "127.0.0.1"
-    """Address the HTTP proxy is exposed on; keep it equal to serve_config.yaml's http_options.host."""
+    """Address Serve's HTTP proxy binds; when set, it replaces serve_config.yaml's http_options.host (deployments/serve_launch.py applies it and refuses a public bind without authentication outside dev)."""
 
     max_upload_bytes: int = Field(default=25 * MIB, gt=0)
     """Largest upload the synchronous endpoints accept, in bytes (OpenAI's limit is 25 MB)."""
@@ -61,6 +61,9 @@ class ServerSettings(BaseModel):
 
     trusted_client_header: str | None = None
     """Header a trusted proxy puts the client address in (e.g. X-Forwarded-For); unset means no per-address caps."""
+
+    cors_origins: list[str] = []
+    """Browser origins allowed to call the API (CORS), e.g. ["https://app.example.com"]; none by default. `*` allows any origin, never with credentials."""
 
 
 class WhisperSettings(BaseModel):
@@ -100,8 +103,8 @@ class WhisperSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    url: str | None = None
-    """SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db; unset means SQLite at <data_dir>/rayscribe.db."""
+    url: SecretStr | None = None
+    """SQLAlchemy async URL, e.g. postgresql+asyncpg://user:password@host/db (a secret: never logged); unset means SQLite at <data_dir>/rayscribe.db."""
 
     pool_size: int = Field(default=5, ge=1)
     """Connections per process in the pool (PostgreSQL)."""
@@ -113,8 +116,8 @@ class DatabaseSettings(BaseModel):
 class RedisSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
-    url: str | None = None
-    """redis://host:port/db; unset runs without Redis (in-process cache, events by polling)."""
+    url: SecretStr | None = None
+    """redis://[:password@]host:port/db (a secret: never logged); unset runs without Redis (in-process cache, events by polling)."""
 
     timeout_s: float = Field(default=0.5, gt=0)
     """Socket timeout of every Redis call; a slow Redis is treated as a down one."""
@@ -206,6 +209,33 @@ class JobsSettings(BaseModel):
     """How long an Idempotency-Key keeps returning the same job."""
 
 
+class LimitsSettings(BaseModel):
+    """Per-user limits (the caller's `Principal.limit_key`); every limit unset is unlimited."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    """Requests one user may make per `requests_period_s` (a burst of that many, then evenly spaced); unset: unlimited."""
+
+    requests_period_s: float = Field(default=60.0, gt=0)
+    """The period of `requests_per_minute`, in seconds (60; tests use seconds)."""
+
+    audio_seconds_per_hour: float | None = Field(default=None, gt=0)
+    """Seconds of audio one user may have transcribed per `audio_period_s` (sync and jobs together); unset: unlimited."""
+
+    audio_period_s: float = Field(default=3600.0, gt=0)
+    """The period of `audio_seconds_per_hour`, in seconds (3600; tests use seconds)."""
+
+    max_concurrent_jobs: int | None = Field(default=None, ge=1)
+    """Queued plus running jobs one user may have at once (counted in the database); unset: unlimited."""
+
+    max_stored_bytes: int | None = Field(default=None, ge=1)
+    """Bytes of job audio one user may have stored at once (counted in the database); unset: unlimited."""
+
+    fallback_warning_s: float = Field(default=60.0, gt=0)
+    """While Redis is down, limits are counted per process; this is how often that is logged again."""
+
+
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
@@ -252,16 +282,16 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     """Who may call: bearer tokens (JWT) from an OpenID Connect provider, and their roles."""
 
+    limits: LimitsSettings = LimitsSettings()
+    """Per-user rate limits and quotas."""
+
     @model_validator(mode="after")
     def _refuse_unsafe_values_outside_dev(self) -> Settings:
         if self.env is Environment.DEV:
             return self
         problems: list[str] = []
-        if self.server.host in PUBLIC_BIND_ADDRESSES:
-            problems.append(
-                f"server.host is {self.server.host!r}, a public bind, and no authentication is "
-                "configured; bind 127.0.0.1 behind an authenticating proxy"
-            )
+        # A public bind is judged where the bind is decided (deployments/serve_launch.py),
+        # against the authentication mode: see services/limits/bind.py.
         if not self.data_dir.is_absolute():
             problems.append(f"data_dir must be an absolute path, got {str(self.data_dir)!r}")
         cache_dir = self.whisper.cache_dir
@@ -300,7 +330,9 @@ class Settings(BaseSettings):
 
     @property
     def database_url(self) -> str:
-        return self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'rayscribe.db'}"
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite+aiosqlite:///{self.data_dir / 'rayscribe.db'}"
 
     @property
     def audio_dir(self) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import structlog
@@ -77,6 +78,7 @@ class JobExecutor:
         results: ResultCache,
         transcriber: Transcriber,
         settings: JobsSettings,
+        on_finished: Callable[[Job, float], Awaitable[None]] | None = None,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
@@ -84,6 +86,8 @@ class JobExecutor:
         self._results = results
         self._transcriber = transcriber
         self._settings = settings
+        self._on_finished = on_finished
+        """Called once per succeeded job with its decoded length (usage reconciliation)."""
 
     async def run(self, job: Job, epoch: int) -> None:
         """Run `job`, claimed under lease token `epoch`, and record how it ended."""
@@ -220,6 +224,16 @@ class JobExecutor:
             view = await _view(repo, job.id)
         log.info("job_succeeded", audio_s=round(transcript.duration_s, 1))
         await self._events.announce([view])
+        await self._after_finish(job, transcript.duration_s)
+
+    async def _after_finish(self, job: Job, decoded_s: float) -> None:
+        """Usage reconciliation (services/limits); never fails the job, already stored."""
+        if self._on_finished is None:
+            return
+        try:
+            await self._on_finished(job, decoded_s)
+        except Exception as exc:
+            log.warning("job_finish_hook_failed", error=repr(exc))
 
     async def _interrupted(self, job: Job, epoch: int, exc: Exception) -> None:
         """Overload or a replica restart: wait with capped backoff; attempts are kept."""

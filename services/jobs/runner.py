@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -54,6 +55,7 @@ class JobRunner:
         transcriber: Transcriber,
         settings: JobsSettings,
         model_id: str,
+        on_finished: Callable[[Job, float], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self._sessions = sessions
@@ -66,6 +68,7 @@ class JobRunner:
             results=results,
             transcriber=transcriber,
             settings=settings,
+            on_finished=on_finished,
         )
         self._settings = settings
         self._model_id = model_id

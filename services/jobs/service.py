@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from typing import BinaryIO
@@ -49,6 +49,9 @@ from services.transcription.formats import RenderedTranscript, render
 from services.transcription.request import TranscriptionRequest
 
 log = get_logger(__name__)
+
+Quota = Callable[[AsyncSession, str | None, int], Awaitable[None]]
+"""Per-owner quotas checked inside the submission transaction (raises to refuse)."""
 
 ANONYMOUS_SCOPE = "anonymous"
 MAX_PAGE = 100
@@ -87,8 +90,11 @@ class JobsService:
         *,
         owner: str | None,
         idempotency_key: str | None,
+        quota: Quota | None = None,
     ) -> tuple[JobView, bool]:
         """Store the audio and the job durably; returns the job and whether it is new.
+
+        `quota` is checked in the transaction that inserts the job (services/limits).
         The upload's size is bounded before it gets here, by the HTTP edge's body limit."""
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
             raise InvalidRequestError(
@@ -108,7 +114,7 @@ class JobsService:
         stored = await self._storage.save(upload)
         try:
             view, created = await self._create(
-                stored, info.declared_duration_s, request, owner, idempotency_key
+                stored, info.declared_duration_s, request, owner, idempotency_key, quota
             )
         except BaseException:
             await self._storage.delete(stored.key)
@@ -127,6 +133,7 @@ class JobsService:
         request: TranscriptionRequest,
         owner: str | None,
         idempotency_key: str | None,
+        quota: Quota | None = None,
     ) -> tuple[JobView, bool]:
         now = utcnow()
         request_hash = request.fingerprint(stored.sha256)
@@ -176,6 +183,8 @@ class JobsService:
                     existing = await repo.get(held.job_id)
                     if existing is not None:
                         return JobView.of(existing), False
+            if quota is not None:
+                await quota(session, owner, stored.size)
             await repo.add(job)
             return JobView.of(job), True
 

@@ -8,10 +8,11 @@ is bounded before it gets here, by the HTTP edge's body limit.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import BinaryIO, Protocol
 
 from services.transcription.audio import AudioTooLongError, decode_audio
-from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
+from services.transcription.domain import SAMPLE_RATE, Transcript, TranscriptionOptions, Waveform
 from services.transcription.formats import RenderedTranscript, render
 from services.transcription.request import (
     OPENAI_MODEL_ALIAS,
@@ -57,8 +58,16 @@ class TranscriptionService:
         check_model(request, self.accepted_model_ids)
         return request
 
-    async def transcribe(self, file: BinaryIO, request: TranscriptionRequest) -> RenderedTranscript:
-        """Decode the upload (bounded), run the model and render the requested format."""
+    async def transcribe(
+        self,
+        file: BinaryIO,
+        request: TranscriptionRequest,
+        *,
+        admit: Callable[[float], Awaitable[None]] | None = None,
+    ) -> RenderedTranscript:
+        """Decode the upload (bounded), run the model and render the requested format.
+
+        `admit` is charged the decoded length before inference (it raises to refuse)."""
         self.check(request)
         options = request.engine_options()
         audio_sha256 = await asyncio.to_thread(sha256_of, file) if self._results.enabled else ""
@@ -74,6 +83,8 @@ class TranscriptionService:
                 f"{exc.message} Submit longer audio as an asynchronous job: POST /v1/jobs.",
                 param="file",
             ) from exc
+        if admit is not None:
+            await admit(len(audio) / SAMPLE_RATE)
         transcript = await self._transcriber.transcribe(audio, options)
         await self._results.put(audio_sha256, options, transcript)
         return render(transcript, request)

@@ -34,10 +34,17 @@ def test_wrong_type_is_refused_with_the_field_named(monkeypatch: pytest.MonkeyPa
 
 
 def test_outside_dev_a_public_bind_without_auth_is_refused() -> None:
-    with pytest.raises(ValidationError, match="public bind"):
-        Settings(
-            _env_file=None, env="prod", data_dir=Path("/srv/rayscribe"), server={"host": "0.0.0.0"}
-        )
+    from services.limits.bind import PublicBindRefusedError, check_bind
+
+    settings = Settings(
+        _env_file=None,
+        env="prod",
+        data_dir=Path("/srv/rayscribe"),
+        database={"url": "postgresql+asyncpg://rayscribe@db/rayscribe"},
+        server={"host": "0.0.0.0"},
+    )
+    with pytest.raises(PublicBindRefusedError, match="Refused in env=prod"):
+        check_bind(settings.server.host, settings)
 
 
 def test_outside_dev_relative_paths_are_refused() -> None:

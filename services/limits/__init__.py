@@ -1,0 +1,1 @@
+"""Per-user rate limits (Redis, GCRA) and quotas (database facts), and the public-bind guard."""
