@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from deployments.app import stamp
 from services.core.settings import Settings
@@ -48,7 +49,15 @@ def main(argv: list[str]) -> int:
         )
         return 2
     command, config_path, rest = argv[0], Path(argv[1]), argv[2:]
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # e.g. AUTH__MODE=off outside dev; never echo the values
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        )
+        print(f"refusing to start: invalid settings: {problems}", file=sys.stderr)
+        return 1
     try:
         config, host = resolve(config_path, settings)
     except PublicBindRefusedError as exc:

@@ -17,7 +17,7 @@ import redis as sync_redis
 from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
 from deployments.serve_launch import resolve
-from services.core.settings import LimitsSettings, RedisSettings, Settings
+from services.core.settings import Environment, LimitsSettings, RedisSettings, Settings
 from services.limits.bind import PublicBindRefusedError, bind_host, check_bind, is_public
 from services.limits.gcra import MemoryGcra, Quota
 from services.limits.limiter import Kind, Mode, UsageLimiter
@@ -135,6 +135,7 @@ def _settings(**values: Any) -> Settings:
     base = {"_env_file": None, "data_dir": Path("/srv/rayscribe")}
     if values.get("env", "dev") != "dev":
         base["database"] = {"url": "postgresql+asyncpg://rayscribe:pw@db/rayscribe"}
+        base["auth"] = {"issuer": "https://sso.example.com/realms/acme", "audience": "rayscribe"}
     return Settings(**{**base, **values})
 
 
@@ -146,19 +147,20 @@ def test_the_bind_comes_from_the_environment_else_from_the_serve_config() -> Non
 
 
 def test_public_bind_with_auth_off_is_refused_outside_dev_and_loud_in_dev() -> None:
+    # Settings already refuse AUTH__MODE=off outside dev; the guard holds on its own too.
+    uat_off = SimpleNamespace(env=Environment.UAT, auth=SimpleNamespace(mode="off"))
     with pytest.raises(PublicBindRefusedError, match="env=uat"):
-        check_bind("0.0.0.0", _settings(env="uat"))
+        check_bind("0.0.0.0", cast(Settings, uat_off))
     warning = check_bind("0.0.0.0", _settings())
     assert warning is not None
     assert "authentication off" in warning
-    assert check_bind("127.0.0.1", _settings(env="prod")) is None
+    assert check_bind("127.0.0.1", cast(Settings, uat_off)) is None
 
 
 def test_public_bind_with_authentication_on_is_allowed() -> None:
-    # `settings.auth.mode` arrives with the authentication work; read through getattr.
     prod = _settings(env="prod")
-    with_auth = SimpleNamespace(env=prod.env, auth=SimpleNamespace(mode="jwt"))
-    assert check_bind("0.0.0.0", cast(Settings, with_auth)) is None
+    assert prod.auth.mode.value == "jwt"
+    assert check_bind("0.0.0.0", prod) is None
 
 
 def test_the_launcher_writes_the_decided_host_into_the_config(
@@ -181,6 +183,7 @@ def test_the_launcher_refuses_to_start_a_public_unauthenticated_bind_in_prod(
         "RAYSCRIBE_DATA_DIR": str(tmp_path),
         "RAYSCRIBE_DATABASE__URL": "postgresql+asyncpg://rayscribe:s3cret-pw@db/rayscribe",
         "RAYSCRIBE_SERVER__HOST": "0.0.0.0",
+        "RAYSCRIBE_AUTH__MODE": "off",
     }
     config = str(ROOT / "serve_config.yaml")
     launch = [sys.executable, "-m", "deployments.serve_launch", "run", config]
@@ -189,6 +192,9 @@ def test_the_launcher_refuses_to_start_a_public_unauthenticated_bind_in_prod(
     assert "refusing to start" in refused.stderr
     assert "s3cret-pw" not in refused.stderr
     env["RAYSCRIBE_SERVER__HOST"] = "127.0.0.1"
+    env["RAYSCRIBE_AUTH__MODE"] = "jwt"
+    env["RAYSCRIBE_AUTH__ISSUER"] = "https://sso.example.com/realms/acme"
+    env["RAYSCRIBE_AUTH__AUDIENCE"] = "rayscribe"
     check = [*launch[:3], "check", config]
     allowed = subprocess.run(check, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert (allowed.returncode, allowed.stdout.strip()) == (0, "127.0.0.1"), allowed.stderr

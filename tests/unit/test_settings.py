@@ -34,17 +34,17 @@ def test_wrong_type_is_refused_with_the_field_named(monkeypatch: pytest.MonkeyPa
 
 
 def test_outside_dev_a_public_bind_without_auth_is_refused() -> None:
-    from services.limits.bind import PublicBindRefusedError, check_bind
-
-    settings = Settings(
-        _env_file=None,
-        env="prod",
-        data_dir=Path("/srv/rayscribe"),
-        database={"url": "postgresql+asyncpg://rayscribe@db/rayscribe"},
-        server={"host": "0.0.0.0"},
-    )
-    with pytest.raises(PublicBindRefusedError, match="Refused in env=prod"):
-        check_bind(settings.server.host, settings)
+    """Twice over: the settings refuse `AUTH__MODE=off` outside dev, and the bind guard
+    (services/limits/bind.py, tested in test_limits) refuses a public bind without it."""
+    with pytest.raises(ValidationError, match="invalid auth settings"):
+        Settings(
+            _env_file=None,
+            env="prod",
+            data_dir=Path("/srv/rayscribe"),
+            database={"url": "postgresql+asyncpg://rayscribe@db/rayscribe"},
+            server={"host": "0.0.0.0"},
+            auth={"mode": "off"},
+        )
 
 
 def test_outside_dev_relative_paths_are_refused() -> None:
