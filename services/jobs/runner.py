@@ -157,10 +157,18 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        async with transaction(self._sessions) as session:
-            repo = JobRepository(session)
-            released = await repo.release_leases(token=self.epoch, now=utcnow())
-            await repo.stop_incarnation(token=self.epoch, now=utcnow())
+        for attempt in range(1, 4):  # a cancelled job's write may still hold SQLite's lock
+            try:
+                async with transaction(self._sessions) as session:
+                    repo = JobRepository(session)
+                    released = await repo.release_leases(token=self.epoch, now=utcnow())
+                    await repo.stop_incarnation(token=self.epoch, now=utcnow())
+                break
+            except Exception as exc:
+                if attempt == 3:
+                    raise
+                log.warning("tracker_stop_retry", attempt=attempt, error=repr(exc))
+                await asyncio.sleep(0.2 * attempt)
         log.info("tracker_stopped", tracker=self.name, epoch=self.epoch, released=len(released))
         for job_id in released:
             await self._publish(job_id)
