@@ -127,11 +127,19 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        async with transaction(self._sessions) as session:
-            repo = LeaseRepository(session)
-            released = await repo.release_leases(token=self.epoch, now=utcnow())
-            await repo.stop_incarnation(token=self.epoch, now=utcnow())
-            views = await _views(repo, released)
+        for attempt in range(1, 4):  # a cancelled job's write may still hold SQLite's lock
+            try:
+                async with transaction(self._sessions) as session:
+                    repo = LeaseRepository(session)
+                    released = await repo.release_leases(token=self.epoch, now=utcnow())
+                    await repo.stop_incarnation(token=self.epoch, now=utcnow())
+                    views = await _views(repo, released)
+                break
+            except Exception as exc:
+                if attempt == 3:
+                    raise
+                log.warning("tracker_stop_retry", attempt=attempt, error=repr(exc))
+                await asyncio.sleep(0.2 * attempt)
         log.info("tracker_stopped", tracker=self.name, epoch=self.epoch, released=len(released))
         await self._events.announce(views)
 
@@ -153,7 +161,7 @@ class JobRunner:
 
     async def _take_over_and_claim(self, now: datetime) -> tuple[list[JobView], list[Job]]:
         """One unit of work: the jobs it requeued or failed (as views), and those it claimed."""
-        slots = self._settings.max_concurrent - len(self.running)
+        slots = 0 if self.stopping else self._settings.max_concurrent - len(self.running)
         async with transaction(self._sessions) as session:
             repo = LeaseRepository(session)
             changed = await repo.requeue_lost(name=self.name, token=self.epoch, now=now)
