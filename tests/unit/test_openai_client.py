@@ -58,15 +58,14 @@ def test_verbose_json_with_segments_and_words_parses(client: openai.OpenAI) -> N
 
 
 def test_translation_and_text_formats_parse(client: openai.OpenAI) -> None:
-    with pytest.warns(
-        DeprecationWarning, match="deprecated"
-    ):  # the client deprecates translations, not us
+    # The client deprecates translations (OpenAI's API, not ours).
+    with pytest.warns(DeprecationWarning, match="deprecated"):
         translated = client.audio.translations.create(model="tiny.en", file=DISTINCT[1].path)
     assert isinstance(translated, Translation)
     assert translated.text
     srt = client.audio.transcriptions.create(
-        model="whisper-1", file=DISTINCT[1].path, response_format="srt"
-    )
+        model="whisper-1", file=DISTINCT[0].path, response_format="srt"
+    )  # the same decoding as the json test's: served from the result cache
     assert isinstance(srt, str)
     assert "-->" in srt
 
