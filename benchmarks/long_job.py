@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -103,8 +104,10 @@ def main() -> None:
     url = local.deploy(config)
     inproc: list[tuple[float, str]] = []
     jobs: list[tuple[float, str, dict[str, Any]]] = []
+    load: list[float] = []  # the machine is shared: the 1-minute load average, per round
     try:
         for index in range(args.rounds):
+            load.append(os.getloadavg()[0])
             inproc.append(in_process(settings, path))
             print(f"round {index + 1} in-process: {inproc[-1][0]:.1f} s")
             jobs.append(job(url, path))
@@ -129,6 +132,8 @@ def main() -> None:
         "wer_job": word_error_rate(recording.text, j_text),
         "job_chunks": j_body["progress"],
         "all_rounds_s": {"in_process": [r[0] for r in inproc], "job": [r[0] for r in jobs]},
+        "ratio_per_round": [b[0] / j[0] for b, j in zip(inproc, jobs, strict=True)],
+        "load_average_1m_at_round_start": load,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "long_job.json").write_text(json.dumps(result, indent=2) + "\n")
