@@ -1,4 +1,4 @@
-"""A scan of everything the test run logged for bearer tokens and JWTs.
+"""A scan of everything the test run logged for bearer tokens, JWTs and passwords in URLs.
 
 pytest captures each test's stdout, stderr and log records (in-process structlog lines,
 and the Ray workers' lines forwarded to the driver); `scan_report` looks through them as
@@ -15,11 +15,14 @@ import pytest
 
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}")
+PASSWORD_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/:@]*:(?!\*+@)[^\s/@]+@")
+"""A connection URL with its password in clear (`redis://:pw@host`); masked ones pass."""
 
 
 def find_secrets(text: str) -> list[str]:
-    """Bearer credentials and JWTs in `text`, each cut to a harmless prefix."""
-    return [match.group(0)[:24] + "..." for match in (*JWT.finditer(text), *BEARER.finditer(text))]
+    """Bearer credentials, JWTs and passwords in URLs, each cut to a harmless prefix."""
+    found = (*JWT.finditer(text), *BEARER.finditer(text), *PASSWORD_URL.finditer(text))
+    return [match.group(0)[:12] + "..." for match in found]
 
 
 @dataclass

@@ -14,6 +14,11 @@ def test_the_scanner_finds_tokens() -> None:
     assert log_scan.find_secrets(f"path=/x?access_token={token} status=401")
     assert log_scan.find_secrets("headers={'authorization': 'Bearer abcdefghijklmnopqrstu'}")
     assert not log_scan.find_secrets("auth_failed reason=no_token kid=abc issuer=https://idp")
+    assert log_scan.find_secrets("connecting to redis://:hunter2@10.0.0.5:6379/0")
+    assert log_scan.find_secrets("url=postgresql+asyncpg://app:pw@db/rayscribe")
+    assert not log_scan.find_secrets("url=postgresql+asyncpg://app:**********@db/rayscribe")
+    assert not log_scan.find_secrets("url=postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    assert not log_scan.find_secrets("serving on http://127.0.0.1:8000/v1/jobs")
 
 
 def test_nothing_logged_so_far_holds_a_token() -> None:
