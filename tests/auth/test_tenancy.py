@@ -36,7 +36,7 @@ async def _make_ownerless(env: JobsEnv, job_id: str) -> None:
     async with env.app_runtime.sessions() as session, session.begin():
         await session.execute(text("UPDATE jobs SET owner = NULL WHERE id = :id"), {"id": job_id})
     assert env.settings.redis.url is not None
-    client = redis.asyncio.Redis.from_url(env.settings.redis.url)
+    client = redis.asyncio.Redis.from_url(env.settings.redis.url.get_secret_value())
     await client.flushdb()  # the cached status still names the old owner
     await client.aclose()
 
