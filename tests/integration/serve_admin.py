@@ -22,26 +22,16 @@ def whisper_queue_limit(limit: int) -> Iterator[None]:
 
     A lightweight update (no replica restarts); the original config is restored after.
     """
-    client = _get_global_client()
-    details = client.get_serve_details()
-    original = {
-        "http_options": details["http_options"],
-        "proxy_location": details["proxy_location"],
-        "applications": [app["deployed_app_config"] for app in details["applications"].values()],
-    }
+    original = deployed_config()
     lowered = copy.deepcopy(original)
-    for app in lowered["applications"]:
-        if app["name"] == local.APP_NAME:
-            for deployment in app["deployments"]:
-                if deployment["name"] == "WhisperTranscriber":
-                    deployment["max_queued_requests"] = limit
+    deployment_entry(lowered, "WhisperTranscriber")["max_queued_requests"] = limit
     try:
-        client.deploy_apps(ServeDeploySchema.model_validate(lowered), _blocking=False)
+        redeploy(lowered)
         local.wait_until_running(local.APP_NAME)
         time.sleep(3)  # callers' routers learn the new limit by long poll
         yield
     finally:
-        client.deploy_apps(ServeDeploySchema.model_validate(original), _blocking=False)
+        redeploy(original)
         local.wait_until_running(local.APP_NAME)
 
 
@@ -70,9 +60,14 @@ def main_app(config: dict[str, Any]) -> dict[str, Any]:
     return cast(dict[str, Any], app)
 
 
-def tracker_entry(config: dict[str, Any]) -> dict[str, Any]:
-    (entry,) = [d for d in main_app(config)["deployments"] if d["name"] == TRACKER]
+def deployment_entry(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The main app's entry for deployment `name` in `config` (edit it, then `redeploy`)."""
+    (entry,) = [d for d in main_app(config)["deployments"] if d["name"] == name]
     return cast(dict[str, Any], entry)
+
+
+def tracker_entry(config: dict[str, Any]) -> dict[str, Any]:
+    return deployment_entry(config, TRACKER)
 
 
 def tracker_replicas(app_name: str = local.APP_NAME) -> set[str]:

@@ -26,6 +26,7 @@ from services.transcription.packing import count_windows
 from tests import serve_local as local
 from tests.audio_variants import encode_flac
 from tests.conftest import DISTINCT, ENGLISH, Clip, report, word_error_rate, words_of
+from tests.integration import serve_admin
 from tests.integration.conftest import BASE_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -175,26 +176,16 @@ def test_ray_prints_no_batching_warning_at_start(serve_url: str) -> None:
 def _whisper_user_config(user_config: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Deploy the running main app with another batching config (a lightweight update, as
     `serve deploy` of an edited file does); yields the one in force before, restored after."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    client = _get_global_client()
-    details = client.get_serve_details()
-    original = {
-        "http_options": details["http_options"],
-        "proxy_location": details["proxy_location"],
-        "applications": [app["deployed_app_config"] for app in details["applications"].values()],
-    }
+    original = serve_admin.deployed_config()
     edited = copy.deepcopy(original)
-    (app,) = [a for a in edited["applications"] if a["name"] == local.APP_NAME]
-    (whisper,) = [d for d in app["deployments"] if d["name"] == "WhisperTranscriber"]
+    whisper = serve_admin.deployment_entry(edited, "WhisperTranscriber")
     before = dict(whisper["user_config"])
     whisper["user_config"] = user_config
-    client.deploy_apps(ServeDeploySchema.model_validate(edited), _blocking=False)
+    serve_admin.redeploy(edited)
     try:
         yield before
     finally:
-        client.deploy_apps(ServeDeploySchema.model_validate(original), _blocking=False)
+        serve_admin.redeploy(original)
         local.wait_until_running(local.APP_NAME)
 
 
