@@ -72,6 +72,9 @@ class WhisperSettings(BaseModel):
     model: str = "tiny.en"
     """`tiny.en` (bundled), `base` (multilingual, bundled in two parts) or a CTranslate2 model directory."""
 
+    models: list[str] = []
+    """Every model to serve, one Whisper deployment each (e.g. ["tiny.en", "base"]); empty serves `model` alone. `model` is the default for `whisper-1`."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs; `auto` picks CUDA when CTranslate2 sees a GPU, else the CPU."""
 
@@ -236,6 +239,33 @@ class LimitsSettings(BaseModel):
     """While Redis is down, limits are counted per process; this is how often that is logged again."""
 
 
+class StorageSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    backend: Literal["local", "s3"] = "local"
+    """Where job audio is kept: `local` (under data_dir) or `s3` (any S3-compatible store; needed on several nodes without a shared disk)."""
+
+    s3_endpoint_url: str | None = None
+    """S3-compatible endpoint, e.g. http://minio:9000; unset means AWS. Credentials come from the standard AWS_* environment variables."""
+
+    s3_region: str | None = None
+    """Region of the S3 endpoint (AWS_REGION is used when unset)."""
+
+
+class BulkSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    allowed_roots: list[str] = []
+    """Directories and s3:// prefixes that batches may read from and write to; anything else is refused (403). Empty: no batches over HTTP."""
+
+
+class DiarizationSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+    enabled: bool = False
+    """Serve speaker labels (`response_format=diarized_json`); needs the `rayscribe[diarization]` extra. Experimental."""
+
+
 class LoggingSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
@@ -284,6 +314,15 @@ class Settings(BaseSettings):
 
     limits: LimitsSettings = LimitsSettings()
     """Per-user rate limits and quotas."""
+
+    storage: StorageSettings = StorageSettings()
+    """Where job audio and bulk files live (local disk or S3)."""
+
+    bulk: BulkSettings = BulkSettings()
+    """Bulk audio: batches submitted as Ray jobs."""
+
+    diarization: DiarizationSettings = DiarizationSettings()
+    """Speaker labels (experimental, optional extra)."""
 
     @model_validator(mode="after")
     def _refuse_unsafe_values_outside_dev(self) -> Settings:

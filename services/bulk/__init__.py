@@ -1,0 +1,1 @@
+"""Bulk audio: many files in, one row per file out (the pipeline runs as a Ray job)."""
