@@ -110,9 +110,10 @@ class JobRunner:
                     await asyncio.wait_for(wake.wait(), self._settings.poll_interval_s)
                 wake.clear()
         finally:
-            heartbeat.cancel()
-            for task in self.running.values():
-                task.cancel()
+            # Wait for them: a task cancelled a second time while its session rolls back
+            # leaves that connection mid-transaction (on SQLite, holding the write lock
+            # that `stop()` then needs).
+            await _cancel_and_wait([heartbeat, *self.running.values()])
 
     async def stop(self) -> None:
         """A graceful stop: claim nothing more, give the running jobs back, sign off.
@@ -123,11 +124,8 @@ class JobRunner:
         counts as serving its model. Call it after `run_forever` was cancelled.
         """
         self.stopping = True
-        tasks = list(self.running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for attempt in range(1, 4):  # a cancelled job's write may still hold SQLite's lock
+        await _cancel_and_wait(list(self.running.values()))
+        for attempt in range(1, 4):  # the database may be briefly unavailable
             try:
                 async with transaction(self._sessions) as session:
                     repo = LeaseRepository(session)
@@ -214,6 +212,14 @@ class JobRunner:
             await self._executor.run(job, self.epoch)
         finally:
             self.running.pop(job.id, None)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel each task once (never again while it is unwinding) and wait until all ended."""
+    for task in tasks:
+        if not task.done() and not task.cancelling():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _views(repo: LeaseRepository, job_ids: list[str]) -> list[JobView]:
