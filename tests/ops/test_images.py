@@ -126,6 +126,8 @@ def test_the_models_are_baked_where_every_environment_looks_for_them() -> None:
     (bake,) = stages["models"].instructions("RUN")
     baked_into = re.search(r'resolve_model_dir\("base", Path\("([^"]+)"\)\)', bake)
     assert baked_into is not None
+    # The join writes 0600 files as root; the service user (uid 1000) must read them.
+    assert f"chmod -R a+rX {baked_into.group(1)}" in bake
     for target in ("cpu", "gpu"):
         chain = _lineage(stages, target)
         assert _env(chain)["RAYSCRIBE_WHISPER__CACHE_DIR"] == baked_into.group(1)
