@@ -171,7 +171,7 @@ class JobTracker(TrackerCore):
     def __init__(
         self, transcriber: DeploymentHandle[Any], settings: Settings, version: str = ""
     ) -> None:
-        metrics.install()
+        metrics.install("tracker")
         context = serve.get_replica_context()
         name = f"job-tracker:{context.app_name}:{context.replica_id.unique_id}"
         super().__init__(settings, ServeTranscriber(transcriber), name=name, version=version)

@@ -30,6 +30,8 @@ class _RayInstrument:
         if self._kind == "counter":
             if value > 0:
                 self._metric.inc(value, tags=labels)
+            else:  # `inc` refuses 0; a series at 0 is what `start_at_zero` wants
+                self._metric._record(0.0, tags=labels)
         elif self._kind == "gauge":
             self._metric.set(value, tags=labels)
         else:
@@ -63,9 +65,11 @@ class RayBackend:
         return _RayInstrument(metric, spec.kind)
 
 
-def install() -> None:
-    """Point this process's `telemetry` at Ray's metrics."""
+def install(role: str = "") -> None:
+    """Point this process's `telemetry` at Ray's metrics; a `role` (`ingress`, `tracker`)
+    exports the counters it will have at 0 at once."""
     telemetry.use(RayBackend())
+    telemetry.start_at_zero(role)
 
 
 def start_sampling(sample: Callable[[], None], interval_s: float) -> threading.Event:

@@ -66,7 +66,7 @@ class Ingress:
             interval_s=HEALTH_REFRESH_S,
         )
         self._refresher.start()
-        metrics.install()
+        metrics.install("ingress")
         self._sampling = metrics.start_sampling(
             DiskSampler(settings, getattr(self._resources.shared.storage, "root", None)), 15.0
         )

@@ -189,10 +189,27 @@ DECODE_CODES = frozenset(
 )
 """Error codes that mean the decoder refused the audio."""
 
+LIMIT_CODES = ("rate_limit_exceeded", "quota_exceeded")
+
+STARTING_AT_ZERO: dict[str, list[tuple[MetricSpec, dict[str, str]]]] = {
+    "ingress": [
+        *((LIMIT_REJECTIONS, {"code": code}) for code in LIMIT_CODES),
+        *((RESULT_CACHE, {"result": result}) for result in ("hit", "miss")),
+        *((DECODE_FAILURES, {"code": code, "path": "upload"}) for code in sorted(DECODE_CODES)),
+    ],
+    "tracker": [
+        (JOB_ATTEMPTS, {}),
+        *((JOB_RETRIES, {"reason": reason}) for reason in ("error", "interruption")),
+        *((DECODE_FAILURES, {"code": code, "path": "job"}) for code in sorted(DECODE_CODES)),
+    ],
+}
+"""Counter series each kind of process knows it will have: exported at 0 from the start,
+so `rate()` and the alerts see them before the first event."""
+
 
 class Instrument(Protocol):
-    """One metric of a backend: `record` adds to a counter, sets a gauge, observes into a
-    histogram (by the spec's kind)."""
+    """One metric of a backend: `record` adds to a counter (0 only makes the series
+    exist), sets a gauge, observes into a histogram (by the spec's kind)."""
 
     def record(self, value: float, tags: Tags) -> None: ...
 
@@ -270,6 +287,11 @@ class Telemetry:
                     instrument = self._instruments[spec.name] = self._backend.instrument(spec)
         instrument.record(value, tags)
 
+    def start_at_zero(self, role: str) -> None:
+        """Export the counters `role` (`ingress`, `tracker`) will have, at 0."""
+        for spec, tags in STARTING_AT_ZERO.get(role, []):
+            self._record(spec, 0, **tags)
+
     # -- the ingress --------------------------------------------------------------------
     def request(self, route: str, model: str, status: int) -> None:
         self._record(REQUESTS, 1, route=route, model=model, status=str(status))
@@ -278,7 +300,7 @@ class Telemetry:
         """An error the ingress answered: counts decoder refusals and limit rejections."""
         if code in DECODE_CODES:
             self._record(DECODE_FAILURES, 1, code=code, path="upload")
-        elif code in ("rate_limit_exceeded", "quota_exceeded"):
+        elif code in LIMIT_CODES:
             self._record(LIMIT_REJECTIONS, 1, code=code)
 
     def result_cache(self, hit: bool) -> None:

@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +25,11 @@ from websockets.sync.client import ClientConnection, connect
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 
 
-class Chromium:
-    def __init__(self) -> None:
-        binary = shutil.which("chromium")
-        assert binary, "headless Chromium is needed: apt-get install -y chromium"
-        self._profile = Path(tempfile.mkdtemp(prefix="rsm-chromium-"))
-        self.process = subprocess.Popen(
-            [
-                binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--no-first-run", OFFLINE,
-                "--remote-debugging-port=0", f"--user-data-dir={self._profile}", "about:blank",
-            ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        port_file = self._profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("Chromium never opened its DevTools port")
-            time.sleep(0.2)
-        port = port_file.read_text().split()[0]
-        pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        page = next(target for target in pages if target["type"] == "page")
-        self._ws: ClientConnection = connect(page["webSocketDebuggerUrl"], max_size=None)
+class DevTools:
+    """One page of the browser, over its DevTools websocket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self._ws = ws
         self._next_id = 0
         self.call("Network.enable")
 
@@ -62,9 +46,6 @@ class Chromium:
 
     def set_cookie(self, url: str, name: str, value: str) -> None:
         self.call("Network.setCookie", url=url, name=name, value=value, httpOnly=True)
-
-    def clear_cookies(self) -> None:
-        self.call("Network.clearBrowserCookies")
 
     def open(self, url: str) -> None:
         self.call("Page.navigate", url=url)
@@ -86,14 +67,37 @@ class Chromium:
             time.sleep(1)
         return text
 
-    def close(self) -> None:
+
+@contextmanager
+def chromium() -> Iterator[DevTools]:
+    binary = shutil.which("chromium")
+    assert binary, "headless Chromium is needed: apt-get install -y chromium"
+    profile = Path(tempfile.mkdtemp(prefix="rsm-chromium-"))
+    process = subprocess.Popen(
+        [
+            binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--no-first-run", OFFLINE,
+            "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("Chromium never opened its DevTools port")
+            time.sleep(0.2)
+        port = port_file.read_text().split()[0]
+        pages = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+        page = next(target for target in pages if target["type"] == "page")
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            yield DevTools(ws)
+    finally:
+        process.terminate()
         try:
-            self._ws.close()
-        finally:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-            shutil.rmtree(self._profile, ignore_errors=True)
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        shutil.rmtree(profile, ignore_errors=True)

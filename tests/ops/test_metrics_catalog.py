@@ -27,8 +27,9 @@ SERVE_REUSED = {
     "ray_serve_deployment_replica_healthy",
     "ray_serve_autoscaling_target_replicas",
     "ray_serve_batch_queue_length",
-    "ray_serve_batch_size",
     "ray_serve_batch_wait_time_ms",
+    "ray_serve_batch_utilization_percent",
+    "ray_serve_batches_processed_total",
 }
 """What Serve exports already (requests and latency per deployment, queues, replicas,
 batches), listed in the README rather than defined again."""

@@ -28,7 +28,7 @@ from services.core.metrics import CATALOG
 from services.migrations import upgrade
 from tests import serve_local as local
 from tests.conftest import ENGLISH, FIXTURES
-from tests.ops.browser import Chromium
+from tests.ops.browser import chromium
 from tests.ops.prometheus import Prometheus
 from tests.ops.ray_head import RayHead
 
@@ -128,8 +128,9 @@ def _traffic(url: str) -> Sent:
         count(_transcribe(http, ENGLISH[1].path, "translations"), ENGLISH[1].duration_s)
         count(_transcribe(http, FIXTURES / "hostile" / "random_bytes.bin"))  # 400 invalid_audio
         # A flood against a Whisper queue of 2 (a new temperature each round, so the result
-        # cache never answers): some callers get 503, and the jobs submitted meanwhile meet
-        # the full queue too (interruptions: they wait and keep their attempts).
+        # cache never answers): some callers get 503. The jobs submitted meanwhile queue
+        # through the tracker's own handle (the limit counts per caller), so they mostly
+        # finish uninterrupted; an interruption, if one happens, must be counted.
         stop = threading.Event()
 
         def flood(worker: int) -> None:
@@ -154,8 +155,8 @@ def _traffic(url: str) -> Sent:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 views = [http.get(f"/v1/jobs/{job}").json() for job in sent.jobs]
-                sent.interruptions = sum(view.get("interruptions", 0) for view in views)
-                if sent.interruptions and 503 in sent.statuses:
+                finished = all(view["status"] == "succeeded" for view in views)
+                if finished and 503 in sent.statuses:
                     break
                 time.sleep(1)
             stop.set()
@@ -238,12 +239,13 @@ def test_request_and_audio_metrics_match_the_traffic(cluster: Cluster) -> None:
 
 
 def test_batch_metrics_are_consistent(cluster: Cluster) -> None:
+    """Counts are exact; Ray rebuilds a histogram's `_sum` from bucket midpoints, so means
+    are judged loosely and exact ones come from counters (windows / batches)."""
     p = cluster.prometheus
     batches = _one(p, "sum(ray_rayscribe_batch_windows_count)")
-    windows = _one(p, "sum(ray_rayscribe_batch_windows_sum)")
+    windows = _one(p, "sum(ray_rayscribe_windows_decoded_total)")
     assert batches >= 1
-    assert windows == _one(p, "sum(ray_rayscribe_windows_decoded_total)")
-    assert batches <= windows <= 2 * 4 * batches  # at most 2 windows a batch, plus retries
+    assert batches <= windows <= 4 * batches  # at most 2 windows a batch here, plus retries
     fill = _one(
         p,
         "sum(ray_rayscribe_window_fill_seconds_sum) / sum(ray_rayscribe_window_fill_seconds_count)",
@@ -252,7 +254,6 @@ def test_batch_metrics_are_consistent(cluster: Cluster) -> None:
     assert _one(p, "sum(ray_rayscribe_batch_inference_seconds_count)") == batches
     assert _one(p, "sum(ray_rayscribe_batch_inference_seconds_sum)") > 0
     assert _one(p, "sum(ray_rayscribe_queue_wait_seconds_count)") >= batches
-    assert _one(p, "sum(ray_rayscribe_queue_wait_seconds_sum)") >= 0
 
 
 def test_refusals_and_cache_are_counted(cluster: Cluster) -> None:
@@ -313,15 +314,12 @@ def test_disk_gauges_and_alert_rules(cluster: Cluster) -> None:
 def test_dashboard_serve_page_shows_the_app_healthy(cluster: Cluster) -> None:
     head = cluster.head
     assert httpx.get(f"{head.dashboard_url}/api/serve/applications/").status_code == 401
-    browser = Chromium()
-    try:
+    with chromium() as browser:
         browser.open(f"{head.dashboard_url}/#/serve")
         assert "Token" in browser.wait_for_text("Token", timeout_s=60)  # the token dialog
         browser.set_cookie(head.dashboard_url, "ray-authentication-token", head.token)
         browser.open(f"{head.dashboard_url}/#/serve")
         text = browser.wait_for_text(APP, *DEPLOYMENTS, "HEALTHY")
-    finally:
-        browser.close()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for name in (APP, *DEPLOYMENTS):
         assert name in lines, f"{name} not on the Serve page: {lines}"

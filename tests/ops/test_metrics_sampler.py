@@ -115,6 +115,9 @@ def test_the_recording_calls_record_small_label_sets(settings: Settings, tmp_pat
     assert memory.total("rayscribe_windows_decoded_total") == 3
     assert memory.total("rayscribe_job_retries_total", reason="error") == 1
     assert memory.total("rayscribe_job_retries_total", reason="interruption") == 1
+    recorder.start_at_zero("tracker")
+    assert memory.values("rayscribe_job_retries_total", reason="error") == [1, 0]
+    assert memory.values("rayscribe_job_attempts_total") == [0]
     DiskSampler(settings, tmp_path, recorder)()
     (free,) = memory.values("rayscribe_disk_free_bytes", volume="audio")
     (reserve,) = memory.values("rayscribe_disk_reserve_bytes", volume="audio")
