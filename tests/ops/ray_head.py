@@ -40,6 +40,8 @@ class RayHead:
     ports: dict[str, int] = field(default_factory=dict)
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     process: subprocess.Popen[bytes] | None = None
+    keep_logs: bool = False
+    """Leave the head's directory (logs) behind, e.g. after a failed start."""
 
     @property
     def token_path(self) -> Path:
@@ -75,7 +77,19 @@ class RayHead:
         env.pop("RAY_ADDRESS", None)
         return env
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start the head; a start that fails (the node did not register within Ray's 30 s
+        on a loaded machine, or a picked port was taken meanwhile) is retried on new ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start()
+                return
+            except RuntimeError:
+                self.stop(keep_dir=True)
+                if attempt == attempts:
+                    raise
+
+    def _start(self) -> None:
         self.token_path.write_text(self.token)
         self.token_path.chmod(0o600)
         names = ("gcs", "dashboard", "metrics", "client", "agent_http", "agent_grpc", "renv", "nm")
@@ -102,12 +116,15 @@ class RayHead:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.dir / 'ray-start.log').read_text()}")
-            try:
-                if httpx.get(f"{self.dashboard_url}/api/gcs_healthz", timeout=5).is_success:
-                    return
-            except httpx.HTTPError:
-                pass
+                raise RuntimeError(f"ray start exited: {self.log_tail()}")
+            # The dashboard answers before the node has registered: wait for both (on a
+            # loaded machine `ray start` gives up after 30 s of registering, and exits).
+            if "Ray runtime started" in self.log_tail(200):
+                try:
+                    if httpx.get(f"{self.dashboard_url}/api/gcs_healthz", timeout=5).is_success:
+                        return
+                except httpx.HTTPError:
+                    pass
             time.sleep(1)
         raise TimeoutError("the Ray head's dashboard never answered")
 
@@ -117,7 +134,9 @@ class RayHead:
             env=self.env(), capture_output=True, text=True, timeout=timeout_s, check=False,
         )  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"serve {args[0]} failed: {done.stdout}\n{done.stderr}")
+            head = self.process is not None and self.process.poll()
+            died = f"; the head exited ({head}): {self.log_tail()}" if head is not None else ""
+            raise RuntimeError(f"serve {args[0]} failed: {done.stdout}\n{done.stderr}{died}")
         return done.stdout
 
     def deploy(self, config: dict[str, Any]) -> None:
@@ -149,7 +168,15 @@ class RayHead:
             time.sleep(2)
         raise TimeoutError(f"{app} is not running after {timeout_s} s ({status})")
 
-    def stop(self) -> None:
+    def log_tail(self, lines: int = 30) -> str:
+        path = self.dir / "ray-start.log"
+        return (
+            "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+            if path.exists()
+            else ""
+        )
+
+    def stop(self, keep_dir: bool = False) -> None:
         """Every process of this head (a test cluster: nothing in it needs a clean stop)."""
         if self.process is None:
             return
@@ -160,7 +187,8 @@ class RayHead:
             _signal_group(self.process.pid, signal.SIGKILL)
         for pid in self._processes():
             _kill(pid)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not (self.keep_logs or keep_dir):
+            shutil.rmtree(self.dir, ignore_errors=True)
         self.process = None
 
     def _processes(self) -> list[int]:

@@ -78,6 +78,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     head = RayHead(num_cpus=2)
     prometheus = None
     try:
+        print(f"ray head in {head.dir}")
         head.start()
         data_dir = tmp_path_factory.mktemp("ops-data")
         upgrade(f"sqlite+aiosqlite:///{data_dir / 'rayscribe.db'}")
@@ -87,10 +88,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         url = f"http://127.0.0.1:{port}"
         local.wait_until_ready(url, timeout_s=120)
         prometheus = Prometheus(head.service_discovery_file, head.dir / "prometheus")
-        yield Cluster(head, url, prometheus, _traffic(url))
+        sent = _traffic(url)
+    except BaseException:
+        head.keep_logs = True  # for whoever reads the failure: the path is printed above
+        _stop(prometheus, head)
+        raise
+    try:
+        yield Cluster(head, url, prometheus, sent)
     finally:
+        _stop(prometheus, head)
+
+
+def _stop(prometheus: Prometheus | None, head: RayHead) -> None:
+    try:
         if prometheus is not None:
             prometheus.stop()
+    finally:
         head.stop()
 
 
