@@ -23,9 +23,11 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from cluster import metrics
 from cluster.whisper_client import ServeTranscriber
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
+from services.jobs import metrics as job_metrics
 from services.jobs.runner import JobRunner
 from services.resources import Resources, build_resources
 from services.transcription.service import Transcriber
@@ -56,6 +58,7 @@ class TrackerCore:
         self._error: str | None = None
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._main())
         self._task.add_done_callback(self._loop_ended)
 
@@ -71,8 +74,16 @@ class TrackerCore:
                 await asyncio.sleep(self._settings.jobs.poll_interval_s)
         self._runner = runner
         self._error = None
+        self._sampler = job_metrics.start(self._metrics_sampler(runner))  # gauges from the db
         await runner.run_forever(self._wake)
         raise RuntimeError("the tracker loop returned")
+
+    def _metrics_sampler(self, runner: JobRunner) -> job_metrics.JobMetricsSampler:
+        return job_metrics.JobMetricsSampler(
+            self._resources.sessions,
+            token=lambda: runner.epoch,
+            lease_s=self._settings.jobs.lease_s,
+        )
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if self._closing:
@@ -128,6 +139,8 @@ class TrackerCore:
         self._closed = asyncio.get_running_loop().create_future()
         self._closing = True
         try:
+            if self._sampler is not None:
+                self._sampler.cancel()
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
@@ -158,6 +171,7 @@ class JobTracker(TrackerCore):
     def __init__(
         self, transcriber: DeploymentHandle[Any], settings: Settings, version: str = ""
     ) -> None:
+        metrics.install("tracker")
         context = serve.get_replica_context()
         name = f"job-tracker:{context.app_name}:{context.replica_id.unique_id}"
         super().__init__(settings, ServeTranscriber(transcriber), name=name, version=version)

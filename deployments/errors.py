@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
+from services.core.metrics import telemetry
 
 log = get_logger(__name__)
 
@@ -82,6 +83,7 @@ def error_body(
 
 
 def error_response(error: ServiceError) -> JSONResponse:
+    telemetry.error_answered(error.code)  # decoder refusals and limit rejections
     body = error_body(
         error.message, error_type=error.error_type, param=error.param, code=error.code
     )

@@ -15,6 +15,7 @@ from deployments.middleware import (
     RequestContextMiddleware,
     SlowBodyMiddleware,
 )
+from deployments.request_metrics import RequestMetricsMiddleware
 from deployments.storage_guard import StorageGuardMiddleware
 from services.jobs.streams import StreamCaps, StreamLimiter
 
@@ -69,4 +70,5 @@ def create_app(resources: IngressResources) -> FastAPI:
     app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     app.add_middleware(RequestContextMiddleware)
     install_limits(app, resources.settings, resources.readiness)  # quotas, CORS (outermost)
+    app.add_middleware(RequestMetricsMiddleware, model=resources.transcription.model_id)
     return app

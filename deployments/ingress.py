@@ -18,9 +18,11 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from cluster import metrics
 from cluster.whisper_client import ServeTranscriber
 from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
+from services.core.disk_metrics import DiskSampler
 from services.core.health import HeldStatus, Refresher
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
@@ -64,6 +66,10 @@ class Ingress:
             interval_s=HEALTH_REFRESH_S,
         )
         self._refresher.start()
+        metrics.install("ingress")
+        self._sampling = metrics.start_sampling(
+            DiskSampler(settings, getattr(self._resources.shared.storage, "root", None)), 15.0
+        )
 
     def _nudge_tracker(self) -> None:
         """Fire and forget: a lost nudge only costs one poll interval."""
@@ -109,4 +115,5 @@ class Ingress:
     async def __del__(self) -> None:
         """Serve calls this on a graceful stop, after the requests in flight finished."""
         self._refresher.stop()
+        self._sampling.set()
         await self._resources.shared.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,13 @@ def main(argv: list[str]) -> int:
         "w", suffix=".yaml", prefix="serve_config.", dir=settings.data_dir, delete=False
     ) as resolved:
         yaml.safe_dump(config, resolved, sort_keys=False)
-    os.execvp("serve", ["serve", command, resolved.name, *rest])
+    os.execvpe("serve", ["serve", command, resolved.name, *rest], ray_environment(os.environ))
+
+
+def ray_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Ray's token authentication on for the dashboard (127.0.0.1:8265) and the Jobs API,
+    unless the caller chose otherwise; the token is `~/.ray/auth_token` (`ray get-auth-token`)."""
+    return {"RAY_AUTH_MODE": "token", **environ}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -22,9 +23,10 @@ from typing import Any, Protocol, cast
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
-from ray.serve.metrics import Counter, Histogram
 
+from cluster import metrics
 from services.core.logging import configure_logging, get_logger
+from services.core.metrics import telemetry
 from services.core.settings import Settings
 from services.transcription.assembly import assemble
 from services.transcription.coalescer import BatchCoalescer
@@ -147,6 +149,7 @@ def _result_of(batch: asyncio.Task[list[ItemResult]], index: int) -> asyncio.Fut
 class WhisperTranscriber:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.logging.level)
+        metrics.install()
         self._engine = WhisperEngine.from_settings(settings)
         self._engine.warm_up()
         # Defaults until Serve calls reconfigure() with the user_config, before any traffic.
@@ -162,14 +165,6 @@ class WhisperTranscriber:
         self._watchdog = CallWatchdog(settings.whisper.hung_call_s)
         self._ready = True
         self._stats = {"batches": 0, "items": 0, "windows": 0, "retried": 0, "fallbacks": 0}
-        self._windows = Counter(
-            "rayscribe_windows_decoded", description="30 s windows run through the model."
-        )
-        self._fill = Histogram(
-            "rayscribe_window_fill_seconds",
-            description="Seconds of speech per 30 s window in each decoded batch.",
-            boundaries=[2, 5, 10, 15, 20, 25, 28, 30],
-        )
         omp_threads = os.environ.get("OMP_NUM_THREADS")
         if omp_threads != str(settings.whisper.cpu_threads):
             log.warning(
@@ -233,6 +228,7 @@ class WhisperTranscriber:
     ) -> Transcript:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             # Announced while VAD runs, so a free model waits briefly for this request.
+            arrived = time.monotonic()
             key = self._coalescer.announce()
             try:
                 prepared = await asyncio.to_thread(self._engine.prepare, audio, options)
@@ -242,6 +238,7 @@ class WhisperTranscriber:
             for item in prepared.items:
                 item.request_key = key
                 item.background = background
+                item.queued_at = time.monotonic()
             if prepared.items:
                 prepared.items[-1].last_of_request = True
             try:
@@ -257,6 +254,12 @@ class WhisperTranscriber:
             finally:
                 self._coalescer.settle(key)
             transcript = assemble(prepared, results)
+            telemetry.transcribed(
+                self._engine.model_id,
+                options.decode.task.value,
+                prepared.duration_s,
+                time.monotonic() - arrived,
+            )
             log.info(
                 "transcribed",
                 audio_s=round(prepared.duration_s, 2),
@@ -267,16 +270,22 @@ class WhisperTranscriber:
 
     def _run_engine(self, items: list[WorkItem]) -> list[ItemResult]:
         """One engine call on a worker thread; the coalescer runs one at a time."""
+        started = time.monotonic()
         with self._watchdog.call():
             results = self._engine.run(items)
         stats = self._engine.last_run
+        telemetry.batch(
+            self._engine.model_id,
+            windows=stats.windows,
+            fill_s=stats.fill_s,
+            inference_s=time.monotonic() - started,
+            queued_s=[started - item.queued_at for item in items if item.queued_at],
+        )
         self._stats["batches"] += 1
         self._stats["items"] += len(items)
         self._stats["windows"] += stats.windows
         self._stats["retried"] += stats.retried
         self._stats["fallbacks"] += stats.fallbacks
-        self._windows.inc(stats.windows)
-        self._fill.observe(stats.fill_s)
         log.debug("batch_decoded", items=len(items), windows=stats.windows, fill_s=stats.fill_s)
         return results
 

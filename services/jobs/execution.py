@@ -29,6 +29,7 @@ from services.core.clock import utcnow
 from services.core.db import transaction
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
+from services.core.metrics import telemetry
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage
 from services.jobs import failures
@@ -253,6 +254,7 @@ class JobExecutor:
         except Exception as db_exc:  # the lease will expire and the job be requeued
             log.warning("job_outcome_not_recorded", error=repr(db_exc))
             return
+        telemetry.job_interrupted()
         log.info(
             "job_interrupted",
             reason=getattr(exc, "code", type(exc).__name__),
@@ -266,6 +268,7 @@ class JobExecutor:
         now = utcnow()
         failure = failures.describe(exc, audio_key=job.audio_key)
         final = failure.permanent or job.attempts >= job.max_attempts
+        telemetry.job_failure(failure.code, final=final)
         if final and not failure.permanent:
             failure = failures.gave_up(failure, job.attempts)
         log.warning(

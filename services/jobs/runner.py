@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.core.clock import utcnow
 from services.core.db import transaction
 from services.core.logging import get_logger
+from services.core.metrics import telemetry
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage
 from services.jobs import failures
@@ -148,6 +149,7 @@ class JobRunner:
         for view in changed:
             log.info("job_taken_over_or_failed", job_id=view.id)
         await self._events.announce([*changed, *(JobView.of(job) for job in claimed)])
+        telemetry.job_attempts(len(claimed))
         for job in claimed:
             if job.id not in self.running:
                 self.running[job.id] = asyncio.create_task(self._run(job))

@@ -59,6 +59,8 @@ class WorkItem:
     """Set on the request's last item: once it is queued, the request has fully arrived."""
     background: bool = False
     """Work of an asynchronous job: it runs after interactive work that is waiting."""
+    queued_at: float = 0.0
+    """`time.monotonic()` when it joined the batch queue (queue-wait metric); 0: unknown."""
 
     @property
     def samples(self) -> int:

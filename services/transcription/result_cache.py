@@ -17,6 +17,7 @@ from functools import cache
 from importlib import metadata
 from typing import Protocol
 
+from services.core.metrics import telemetry
 from services.core.settings import WhisperSettings
 from services.transcription import audio
 from services.transcription.domain import (
@@ -85,6 +86,7 @@ class ResultCache:
         if not self.enabled:
             return None
         raw = await self._store.get(self._key(audio_sha256, options))
+        telemetry.result_cache(hit=bool(raw))
         return transcript_from_dict(json.loads(raw)) if raw else None
 
     async def put(

@@ -50,6 +50,8 @@ def test_a_failing_call_is_forgotten() -> None:
 class _HangingEngine:
     """Stands in for the engine: `run` blocks until released, as a hung model would."""
 
+    model_id = "stub"
+
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -70,10 +72,8 @@ def test_check_health_fails_while_an_engine_call_hangs() -> None:
     replica._ready = True
     replica._watchdog = CallWatchdog(limit_s=300, clock=clock)
     replica._stats = {"batches": 0, "items": 0, "windows": 0, "retried": 0, "fallbacks": 0}
-    replica._windows = SimpleNamespace(inc=lambda n: None)
-    replica._fill = SimpleNamespace(observe=lambda s: None)
 
-    worker = threading.Thread(target=replica._run_engine, args=([object()],))
+    worker = threading.Thread(target=replica._run_engine, args=([SimpleNamespace(queued_at=0.0)],))
     worker.start()
     assert engine.entered.wait(10)
     clock.now += 60

@@ -1,0 +1,350 @@
+"""Every metric we list reaches a real Prometheus, and the Ray dashboard shows the app.
+
+One Ray head for the whole module, started as ops start one (`ray start --head` with the
+dashboard and token authentication, free ports, its own temp dir), the app deployed with
+`serve deploy` through the dashboard's API. Prometheus (Debian's package) finds Ray's
+metrics exports through the dashboard's service-discovery file and loads our alert rules.
+After real traffic (sync requests, a cache hit, a refused upload, jobs, a quota refusal,
+and a flood that fills the Whisper queue so that callers get 503 and jobs are interrupted)
+each metric must be in Prometheus with a value that fits what was sent. Headless Chromium
+then opens the dashboard's Serve page with the token and finds the app and its three
+deployments healthy (and without the token, only the token dialog).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.core.metrics import CATALOG
+from services.migrations import upgrade
+from tests import serve_local as local
+from tests.conftest import ENGLISH, FIXTURES
+from tests.ops.browser import chromium
+from tests.ops.prometheus import Prometheus
+from tests.ops.ray_head import RayHead
+
+pytestmark = pytest.mark.integration
+APP = local.APP_NAME
+DEPLOYMENTS = ("Ingress", "WhisperTranscriber", "JobTracker")
+METRICS_WAIT_S = 180
+
+
+@dataclass
+class Sent:
+    """What the traffic did, to judge the metrics by."""
+
+    audio_s: float = 0.0
+    statuses: dict[int, int] = field(default_factory=dict)
+    jobs: list[str] = field(default_factory=list)
+    interruptions: int = 0
+
+
+@dataclass
+class Cluster:
+    head: RayHead
+    url: str
+    prometheus: Prometheus
+    sent: Sent
+
+
+def _config(data_dir: Path, port: int) -> dict[str, Any]:
+    settings = {
+        "data_dir": str(data_dir),
+        "jobs": {"poll_interval_s": 0.5, "retry_backoff_s": 0.2, "lease_s": 10},
+        "limits": {"max_concurrent_jobs": 3},
+    }
+
+    def edit(config: dict[str, Any]) -> None:
+        for deployment in config["applications"][0]["deployments"]:
+            if deployment["name"] == "WhisperTranscriber":
+                # A small queue, so the flood below fills it: 503s and job interruptions.
+                deployment.update(max_ongoing_requests=2, max_queued_requests=2)
+                deployment["user_config"]["max_batch_windows"] = 2
+
+    return local.load_config(port=port, settings=settings, edit=edit)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    head = RayHead(num_cpus=2)
+    prometheus = None
+    try:
+        print(f"ray head in {head.dir}")
+        head.start()
+        data_dir = tmp_path_factory.mktemp("ops-data")
+        upgrade(f"sqlite+aiosqlite:///{data_dir / 'rayscribe.db'}")
+        port = local.free_port()
+        head.deploy(_config(data_dir, port))
+        head.wait_running(APP)
+        url = f"http://127.0.0.1:{port}"
+        local.wait_until_ready(url, timeout_s=120)
+        prometheus = Prometheus(head.service_discovery_file, head.dir / "prometheus")
+        sent = _traffic(url)
+    except BaseException:
+        head.keep_logs = True  # for whoever reads the failure: the path is printed above
+        _stop(prometheus, head)
+        raise
+    try:
+        yield Cluster(head, url, prometheus, sent)
+    finally:
+        _stop(prometheus, head)
+
+
+def _stop(prometheus: Prometheus | None, head: RayHead) -> None:
+    try:
+        if prometheus is not None:
+            prometheus.stop()
+    finally:
+        head.stop()
+
+
+def _transcribe(
+    http: httpx.Client, path: Path, route: str = "transcriptions", temperature: float = 0.0
+) -> int:
+    with path.open("rb") as file:
+        answer = http.post(
+            f"/v1/audio/{route}",
+            files={"file": (path.name, file)},
+            data={"model": "whisper-1", "temperature": str(temperature)},
+        )
+    return answer.status_code
+
+
+def _submit(http: httpx.Client, path: Path) -> httpx.Response:
+    with path.open("rb") as file:
+        return http.post("/v1/jobs", files={"file": (path.name, file)}, data={"model": "whisper-1"})
+
+
+def _traffic(url: str) -> Sent:
+    sent = Sent()
+
+    lock = threading.Lock()
+
+    def count(status: int, audio_s: float = 0.0) -> None:
+        with lock:
+            sent.statuses[status] = sent.statuses.get(status, 0) + 1
+            sent.audio_s += audio_s if status in (200, 202) else 0.0
+
+    clip = ENGLISH[0]
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(2):  # the second is a result-cache hit
+            count(_transcribe(http, clip.path), clip.duration_s)
+        count(_transcribe(http, ENGLISH[1].path, "translations"), ENGLISH[1].duration_s)
+        count(_transcribe(http, FIXTURES / "hostile" / "random_bytes.bin"))  # 400 invalid_audio
+        # A flood against a Whisper queue of 2 (a new temperature each round, so the result
+        # cache never answers): some callers get 503. The jobs submitted meanwhile queue
+        # through the tracker's own handle (the limit counts per caller), so they mostly
+        # finish uninterrupted; an interruption, if one happens, must be counted.
+        stop = threading.Event()
+
+        def flood(worker: int) -> None:
+            round_ = 0
+            while not stop.is_set():
+                round_ += 1
+                clip = ENGLISH[worker % 12]
+                temperature = ((worker + 8 * round_) % 990) / 1000
+                count(_transcribe(http, clip.path, temperature=temperature), clip.duration_s)
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            floods = [pool.submit(flood, worker) for worker in range(8)]
+            time.sleep(3)
+            # Jobs until the per-user quota (3 queued or running) refuses one with 429.
+            for clip in ENGLISH[10:16]:
+                answer = _submit(http, clip.path)
+                count(answer.status_code, clip.duration_s)
+                if answer.status_code == 202:
+                    sent.jobs.append(answer.json()["id"])
+                elif answer.status_code == 429:
+                    break
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                views = [http.get(f"/v1/jobs/{job}").json() for job in sent.jobs]
+                finished = all(view["status"] == "succeeded" for view in views)
+                if finished and 503 in sent.statuses:
+                    break
+                time.sleep(1)
+            stop.set()
+            for future in floods:
+                future.result()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            views = [http.get(f"/v1/jobs/{job}").json() for job in sent.jobs]
+            if all(view["status"] == "succeeded" for view in views):
+                break
+            time.sleep(1)
+        assert [view["status"] for view in views] == ["succeeded"] * len(sent.jobs)
+        sent.interruptions = sum(view.get("interruptions", 0) for view in views)
+    return sent
+
+
+def _wait_for(prometheus: Prometheus, names: list[str]) -> set[str]:
+    """The names among `names` Prometheus has not seen within the wait."""
+    deadline = time.monotonic() + METRICS_WAIT_S
+    missing = set(names)
+    while missing and time.monotonic() < deadline:
+        missing -= prometheus.names()
+        time.sleep(2)
+    return missing
+
+
+def _exported(name: str, kind: str) -> str:
+    return f"ray_{name}_count" if kind == "histogram" else f"ray_{name}"
+
+
+NOT_FROM_THE_APP = {"rayscribe_batches"}
+"""Exported only when bulk batches exist (issue 10's table): not by this app alone."""
+
+SERVE_METRICS = [
+    "ray_serve_num_http_requests_total",
+    "ray_serve_http_request_latency_ms_bucket",
+    "ray_serve_deployment_request_counter_total",
+    "ray_serve_deployment_processing_latency_ms_bucket",
+    "ray_serve_deployment_queued_queries",
+    "ray_serve_replica_processing_queries",
+    "ray_serve_deployment_replica_healthy",
+    "ray_serve_autoscaling_target_replicas",
+    "ray_serve_batch_queue_length",
+    "ray_serve_batch_wait_time_ms_bucket",
+    "ray_serve_batch_utilization_percent_bucket",
+    "ray_serve_batches_processed_total",
+]
+
+
+def test_every_listed_metric_reaches_prometheus(cluster: Cluster) -> None:
+    ours = [_exported(s.name, s.kind) for s in CATALOG if s.name not in NOT_FROM_THE_APP]
+    missing = _wait_for(cluster.prometheus, ours + SERVE_METRICS)
+    assert missing == set(), f"not in Prometheus after {METRICS_WAIT_S} s: {sorted(missing)}"
+
+
+def _one(prometheus: Prometheus, promql: str) -> float:
+    values = prometheus.values(promql)
+    assert len(values) == 1, f"{promql}: {values}"
+    return values[0]
+
+
+def test_request_and_audio_metrics_match_the_traffic(cluster: Cluster) -> None:
+    p, sent = cluster.prometheus, cluster.sent
+    _wait_for(p, ["ray_rayscribe_requests_total", "ray_rayscribe_audio_seconds_total"])
+    ok = _one(p, 'sum(ray_rayscribe_requests_total{route="/v1/audio/transcriptions",status="200"})')
+    assert ok >= 2
+    assert _one(p, 'sum(ray_rayscribe_requests_total{route="/v1/jobs",status="429"})') >= 1
+    assert _one(p, 'sum(ray_rayscribe_requests_total{status="503"})') >= 1
+    models = {s["metric"]["model"] for s in p.query("ray_rayscribe_requests_total")}
+    assert models == {"tiny.en"}
+    transcribed = _one(p, 'sum(ray_rayscribe_audio_seconds_total{model="tiny.en"})')
+    # Sync audio that ran (cache hits do not) plus the jobs' audio: at least one clip's.
+    # Cache hits are not transcribed; an interrupted job's chunk may be sent again.
+    assert ENGLISH[0].duration_s <= transcribed <= 2 * sent.audio_s
+    assert _one(p, 'sum(ray_rayscribe_audio_seconds_total{task="translate"})') > 0
+    rtf = _one(
+        p, "sum(ray_rayscribe_real_time_factor_sum) / sum(ray_rayscribe_real_time_factor_count)"
+    )
+    assert 0 < rtf < 100
+
+
+def test_batch_metrics_are_consistent(cluster: Cluster) -> None:
+    """Counts are exact; Ray rebuilds a histogram's `_sum` from bucket midpoints, so means
+    are judged loosely and exact ones come from counters (windows / batches)."""
+    p = cluster.prometheus
+    batches = _one(p, "sum(ray_rayscribe_batch_windows_count)")
+    windows = _one(p, "sum(ray_rayscribe_windows_decoded_total)")
+    assert batches >= 1
+    assert batches <= windows <= 4 * batches  # at most 2 windows a batch here, plus retries
+    fill = _one(
+        p,
+        "sum(ray_rayscribe_window_fill_seconds_sum) / sum(ray_rayscribe_window_fill_seconds_count)",
+    )
+    assert 0 < fill <= 30
+    assert _one(p, "sum(ray_rayscribe_batch_inference_seconds_count)") == batches
+    assert _one(p, "sum(ray_rayscribe_batch_inference_seconds_sum)") > 0
+    assert _one(p, "sum(ray_rayscribe_queue_wait_seconds_count)") >= batches
+
+
+def test_refusals_and_cache_are_counted(cluster: Cluster) -> None:
+    p = cluster.prometheus
+    failures = 'sum(ray_rayscribe_decode_failures_total{code="invalid_audio",path="upload"})'
+    assert _one(p, failures) >= 1
+    assert _one(p, 'sum(ray_rayscribe_limit_rejections_total{code="quota_exceeded"})') >= 1
+    assert _one(p, 'sum(ray_rayscribe_result_cache_lookups_total{result="hit"})') >= 1
+    assert _one(p, 'sum(ray_rayscribe_result_cache_lookups_total{result="miss"})') >= 1
+
+
+def test_job_metrics_come_from_one_tracker(cluster: Cluster) -> None:
+    p, sent = cluster.prometheus, cluster.sent
+    assert _one(p, "sum(ray_rayscribe_job_attempts_total)") >= len(sent.jobs)
+    if sent.interruptions:
+        retries = 'sum(ray_rayscribe_job_retries_total{reason="interruption"})'
+        assert _one(p, retries) >= 1
+    deadline = time.monotonic() + 60  # the gauges follow the database within a sample or two
+    while time.monotonic() < deadline:
+        states = {
+            s["metric"]["state"]: float(s["value"][1])
+            for s in p.query("sum by (state) (ray_rayscribe_jobs)")
+        }
+        if states.get("succeeded") == len(sent.jobs):
+            break
+        time.sleep(2)
+    assert states == {
+        "queued": 0,
+        "running": 0,
+        "succeeded": len(sent.jobs),
+        "failed": 0,
+        "cancelled": 0,
+    }
+    assert _one(p, "max(ray_rayscribe_oldest_queued_job_age_seconds)") == 0
+    assert 0 <= _one(p, "max(ray_rayscribe_tracker_heartbeat_age_seconds)") < 30
+
+
+def test_disk_gauges_and_alert_rules(cluster: Cluster) -> None:
+    p = cluster.prometheus
+    for volume in ("spool", "audio"):
+        free = _one(p, f'max(ray_rayscribe_disk_free_bytes{{volume="{volume}"}})')
+        reserve = _one(p, f'max(ray_rayscribe_disk_reserve_bytes{{volume="{volume}"}})')
+        assert 0 < reserve < free
+    rules = p.rules()
+    assert {rule["name"] for rule in rules} >= {
+        "RayscribeWhisperQueueSaturated",
+        "Rayscribe5xxRate",
+        "RayscribeOldestQueuedJobTooOld",
+        "RayscribeTrackerHeartbeatStale",
+        "RayscribeReplicasBelowMinimum",
+        "RayscribeDiskReserveLow",
+    }
+    assert [rule["name"] for rule in rules if rule["health"] != "ok"] == []
+    firing = {r["name"] for r in rules if r["state"] == "firing"}
+    assert firing <= {"Rayscribe5xxRate"}, firing  # the flood's 503s may trip only that
+
+
+def test_dashboard_serve_page_shows_the_app_healthy(cluster: Cluster) -> None:
+    head = cluster.head
+    assert httpx.get(f"{head.dashboard_url}/api/serve/applications/").status_code == 401
+    with chromium() as browser:
+        browser.open(f"{head.dashboard_url}/#/serve")
+        assert "Token" in browser.wait_for_text("Token", timeout_s=60)  # the token dialog
+        browser.set_cookie(head.dashboard_url, "ray-authentication-token", head.token)
+        browser.open(f"{head.dashboard_url}/#/serve")
+        text = browser.wait_for_text(APP, *DEPLOYMENTS, "HEALTHY")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for name in (APP, *DEPLOYMENTS):
+        assert name in lines, f"{name} not on the Serve page: {lines}"
+        status = lines[lines.index(name) + 1]
+        assert status == ("RUNNING" if name == APP else "HEALTHY"), (name, status)
+
+
+def test_ray_logs_never_hold_the_token(cluster: Cluster) -> None:
+    logs = cluster.head.temp_dir / "session_latest" / "logs"
+    leaks = [
+        p.name
+        for p in logs.rglob("*")
+        if p.is_file() and cluster.head.token.encode() in p.read_bytes()
+    ]
+    assert leaks == []
