@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
-from deployments.transcriber import deployment_name
+from deployments.transcriber import BatchingConfig, deployment_name
 from services.core.settings import Settings
 from services.migrations import upgrade as migrate
 from services.resources import build_resources
@@ -133,3 +135,47 @@ def test_models_endpoint_on_one_model(settings: Settings, tiny_engine: WhisperEn
     assert client.get("/v1/models/whisper-1").json()["id"] == "whisper-1"
     missing = client.get("/v1/models/base")
     assert missing.status_code == 404
+
+
+SERVE_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+
+
+def _whisper_entry() -> dict[str, Any]:
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    (app,) = config["applications"]
+    (entry,) = [d for d in app["deployments"] if d["name"] == "WhisperTranscriber"]
+    return cast(dict[str, Any], entry)
+
+
+def test_a_model_without_an_entry_runs_like_the_shipped_default() -> None:
+    """The class's defaults are the `WhisperTranscriber` entry's values, as the config says."""
+    from deployments.transcriber import WhisperTranscriber
+
+    entry = _whisper_entry()
+    deployment: Any = WhisperTranscriber
+    config = deployment._deployment_config
+    assert config.max_ongoing_requests == entry["max_ongoing_requests"]
+    assert config.max_queued_requests == entry["max_queued_requests"]
+    autoscaling = config.autoscaling_config.model_dump()
+    for key, value in entry["autoscaling_config"].items():
+        assert autoscaling[key] == value, key
+    for key in ("graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s"):
+        assert getattr(config, key) == entry[key], key
+    assert deployment.ray_actor_options["num_cpus"] == entry["ray_actor_options"]["num_cpus"]
+
+
+def test_the_commented_entry_for_another_model_is_a_valid_deployment() -> None:
+    """serve_config.yaml shows how to configure another model's deployment by name."""
+    from ray.serve.schema import DeploymentSchema
+
+    text = SERVE_CONFIG.read_text()
+    start = text.index("#   - name: WhisperTranscriber_base")
+    lines = []
+    for line in text[start:].splitlines():
+        if not line.strip().startswith("#   "):
+            break
+        lines.append(line.strip()[len("# ") :])
+    (example,) = yaml.safe_load("\n".join(lines))
+    schema = DeploymentSchema.model_validate(example)
+    assert schema.name == "WhisperTranscriber_base"
+    assert BatchingConfig.from_user_config(example["user_config"]).max_batch_windows == 8
