@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long bench-models clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ fixtures: install-dev
 ## Throughput benchmark (issue #3): in-process limits against the Serve app
 bench: install-dev
 	$(PY) benchmarks/throughput.py
+
+## Per-model throughput at c16 with several models served at once (issue #12)
+bench-models: install-dev
+	$(PY) benchmarks/models.py
 
 ## Long-job benchmark (issue #13): a 20-minute job end to end against the in-process pipeline
 bench-long: install-dev

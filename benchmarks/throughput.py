@@ -133,8 +133,13 @@ class InProcess:
 
 
 async def http_run(
-    url: str, name: str, requests: list[tuple[str, bytes, float]], concurrency: int
+    url: str,
+    name: str,
+    requests: list[tuple[str, bytes, float]],
+    concurrency: int,
+    fields: dict[str, str] | None = None,
 ) -> Run:
+    """`fields`: the form fields of every request (default `model=whisper-1`)."""
     queue = list(requests)
     run = Run(name, sum(r[2] for r in requests), 0.0)
 
@@ -145,7 +150,7 @@ async def http_run(
             response = await client.post(
                 "/v1/audio/transcriptions",
                 files={"file": (filename, data)},
-                data={"model": "whisper-1"},
+                data=fields or {"model": "whisper-1"},
             )
             response.raise_for_status()
             run.latencies_s.append(time.perf_counter() - t0)

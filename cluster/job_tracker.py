@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ray import serve
@@ -36,25 +37,40 @@ log = get_logger(__name__)
 
 
 class TrackerCore:
-    """The tracker without Ray: builds its resources and keeps the runner's loop going.
+    """The tracker without Ray: builds its resources and keeps the runners' loops going.
+
+    One runner per served model, each with its model's transcriber (its Whisper
+    deployment): it claims only that model's jobs, heartbeats that model as served, and
+    runs up to `jobs.max_concurrent` of them, so each model's jobs go to its own deployment
+    and one model's backlog never holds up another's. The default model's runner is named
+    `name`, the others `name:<model id>`; only the default's sweeps expired data.
 
     Construct it on a running event loop (Serve runs a replica's constructor on the loop
-    its methods run on): the loop starts at once as a task. Start failures (the database
-    not up yet) are retried and shown by `status()`; once started, the loop only ends by
+    its methods run on): the loops start at once as a task. Start failures (the database
+    not up yet) are retried and shown by `status()`; once started, a loop only ends by
     raising, and then `check_health` fails so that Serve replaces the replica.
     """
 
     def __init__(
-        self, settings: Settings, transcriber: Transcriber, *, name: str, version: str = ""
+        self,
+        settings: Settings,
+        transcriber: Transcriber | Mapping[str, Transcriber],
+        *,
+        name: str,
+        version: str = "",
     ) -> None:
+        """`transcriber`: one per served model id, or one for the default model."""
         configure_logging(settings.logging.level)
         self.name = name
         self._settings = settings
-        self._transcriber = transcriber
         self._version = version
-        self._wake = asyncio.Event()
-        self._resources: Resources = build_resources(settings, nudge=self._wake.set)
-        self._runner: JobRunner | None = None
+        self._wakes: list[asyncio.Event] = []
+        self._resources: Resources = build_resources(settings, nudge=self._wake_all)
+        default = self._resources.model_id
+        self._transcribers = (
+            dict(transcriber) if isinstance(transcriber, Mapping) else {default: transcriber}
+        )
+        self._runners: list[JobRunner] = []
         self._error: str | None = None
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
@@ -62,20 +78,45 @@ class TrackerCore:
         self._task = asyncio.get_running_loop().create_task(self._main())
         self._task.add_done_callback(self._loop_ended)
 
-    async def _main(self) -> None:
+    def _wake_all(self) -> None:
+        for wake in self._wakes:
+            wake.set()
+
+    async def _start(self, model_id: str) -> JobRunner:
+        default = model_id == self._resources.model_id
+        name = self.name if default else f"{self.name}:{model_id}"
         while True:  # the database may not be up yet: keep trying
             try:
-                runner = self._resources.runner(self.name, self._transcriber)
+                runner = self._resources.runner(
+                    name, self._transcribers[model_id], model_id=model_id
+                )
+                runner.sweeps = default
                 await runner.start()
-                break
+                return runner
             except Exception as exc:
                 self._error = _safe_error("the tracker could not start", exc)
                 log.warning("tracker_start_failed", error=repr(exc), exc_info=True)
                 await asyncio.sleep(self._settings.jobs.poll_interval_s)
-        self._runner = runner
+
+    async def _main(self) -> None:
+        runners = [await self._start(model.id) for model in self._resources.models]
+        self._wakes = [asyncio.Event() for _ in runners]
+        self._runners = runners
         self._error = None
-        self._sampler = job_metrics.start(self._metrics_sampler(runner))  # gauges from the db
-        await runner.run_forever(self._wake)
+        # Gauges from the database, sampled under the default model's lease token.
+        self._sampler = job_metrics.start(self._metrics_sampler(runners[0]))
+        loops = [
+            asyncio.create_task(runner.run_forever(wake))
+            for runner, wake in zip(runners, self._wakes, strict=True)
+        ]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for loop in done:
+                loop.result()  # a loop only ends by raising: that is fatal
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
         raise RuntimeError("the tracker loop returned")
 
     def _metrics_sampler(self, runner: JobRunner) -> job_metrics.JobMetricsSampler:
@@ -84,6 +125,11 @@ class TrackerCore:
             token=lambda: runner.epoch,
             lease_s=self._settings.jobs.lease_s,
         )
+
+    @property
+    def _runner(self) -> JobRunner | None:
+        """The default model's runner, once every runner started."""
+        return self._runners[0] if self._runners else None
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if self._closing:
@@ -94,17 +140,17 @@ class TrackerCore:
 
     async def nudge(self) -> None:
         """New work was queued: look now instead of at the next poll."""
-        self._wake.set()
+        self._wake_all()
 
     def loop_alive(self) -> bool:
-        """The loop task runs and, once started, turned recently (not stuck)."""
+        """The loop task runs and, once started, each runner turned recently (not stuck)."""
         if self._task.done():
             return False
-        runner = self._runner
-        if runner is None or runner.loop_at is None:
-            return True
         stuck_after_s = max(60.0, 10 * self._settings.jobs.poll_interval_s)
-        return time.monotonic() - runner.loop_at < stuck_after_s
+        return all(
+            runner.loop_at is None or time.monotonic() - runner.loop_at < stuck_after_s
+            for runner in self._runners
+        )
 
     async def status(self) -> dict[str, Any]:
         """What `/readyz` shows: `jobs` is up only when started and loop_alive."""
@@ -116,7 +162,8 @@ class TrackerCore:
             "loop_alive": self.loop_alive(),
             "epoch": runner.epoch if runner else None,
             "error": self._error,
-            "jobs_in_flight": sorted(runner.running) if runner else [],
+            "jobs_in_flight": sorted(job for r in self._runners for job in r.running),
+            "models": {r.model_id: r.epoch for r in self._runners},
         }
 
     async def check_health(self) -> None:
@@ -144,9 +191,9 @@ class TrackerCore:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-            if self._runner is not None:
+            for runner in self._runners:
                 try:
-                    await self._runner.stop()
+                    await runner.stop()
                 except Exception as exc:  # the leases then expire instead
                     log.warning("tracker_leases_not_released", error=repr(exc))
             await self._resources.close()
@@ -169,12 +216,17 @@ class JobTracker(TrackerCore):
     """
 
     def __init__(
-        self, transcriber: DeploymentHandle[Any], settings: Settings, version: str = ""
+        self,
+        transcribers: dict[str, DeploymentHandle[Any]],
+        settings: Settings,
+        version: str = "",
     ) -> None:
+        """`transcribers`: each served model's Whisper deployment, by model id."""
         metrics.install("tracker")
         context = serve.get_replica_context()
         name = f"job-tracker:{context.app_name}:{context.replica_id.unique_id}"
-        super().__init__(settings, ServeTranscriber(transcriber), name=name, version=version)
+        clients = {model: ServeTranscriber(handle) for model, handle in transcribers.items()}
+        super().__init__(settings, clients, name=name, version=version)
 
     async def __del__(self) -> None:
         """Serve calls this when it stops the replica gracefully (not after a kill)."""

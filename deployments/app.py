@@ -30,9 +30,10 @@ from ray.serve import Application
 
 from cluster.job_tracker import JobTracker
 from deployments.ingress import Ingress
-from deployments.transcriber import WhisperTranscriber
+from deployments.transcriber import WhisperTranscriber, deployment_name
 from services.core.logging import get_logger
 from services.core.settings import Settings
+from services.transcription.models import ServedModels
 
 log = get_logger(__name__)
 
@@ -94,11 +95,35 @@ def build_app(args: AppArgs) -> Application:
     release = release_digest(settings)
     if args.release != release:
         log.warning("release_digest_differs", stamped=args.release or None, built=release)
+    models = ServedModels.from_settings(settings)
+    transcribers = {model.id: whisper_deployment(settings, models, model.id) for model in models}
     # `@serve.deployment` turns the classes into Deployments; its typing does not say so.
-    transcriber = WhisperTranscriber.bind(settings)  # type: ignore[attr-defined]
-    tracker = JobTracker.bind(transcriber, settings, release)  # type: ignore[attr-defined]
-    app: Application = Ingress.bind(transcriber, tracker, settings)  # type: ignore[attr-defined]
+    tracker = JobTracker.bind(transcribers, settings, release)  # type: ignore[attr-defined]
+    app: Application = Ingress.bind(transcribers, tracker, settings)  # type: ignore[attr-defined]
     return app
+
+
+def whisper_deployment(settings: Settings, models: ServedModels, model_id: str) -> Application:
+    """One served model's Whisper deployment: its own replicas, batch queue and autoscaling.
+
+    Named by `deployment_name` (the default model's is `WhisperTranscriber`, so a
+    single-model config is unchanged; the others' `WhisperTranscriber_<id>`), which is the
+    name a serve_config.yaml entry uses to configure it. Without an entry a model's
+    deployment gets the class's defaults, those of the shipped `WhisperTranscriber` entry,
+    with OpenMP's threads set to `whisper.cpu_threads`.
+    """
+    model = models.resolve(model_id)
+    options: dict[str, Any] = {"name": deployment_name(model)}
+    if not model.default:
+        threads = str(settings.whisper.cpu_threads)
+        options["ray_actor_options"] = {
+            "num_cpus": 1.5,
+            "num_gpus": 0,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": threads}},
+        }
+    deployment = WhisperTranscriber.options(**options)  # type: ignore[attr-defined]
+    bound: Application = deployment.bind(models.settings_for(settings, model_id))
+    return bound
 
 
 def main(argv: list[str]) -> None:

@@ -9,6 +9,7 @@ different one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated
@@ -44,15 +45,20 @@ READINESS_TIMEOUT_S = 1.5
 
 def build_ingress_resources(
     shared: Resources,
-    transcriber: Transcriber,
+    transcriber: Transcriber | Mapping[str, Transcriber],
     *,
     model: Check | None = None,
     jobs: Check | None = None,
 ) -> IngressResources:
     """`model` and `jobs` are held states a refresher keeps (the ingress passes them); the
     probe never calls the model replica. Without `model` the transcriber is in-process
-    (tests, tools) and counts as up; without `jobs` no tracker is reported."""
+    (tests, tools) and counts as up; without `jobs` no tracker is reported.
+
+    `transcriber` is one per served model id, or a single one for the default model."""
     settings = shared.settings
+    transcribers = (
+        dict(transcriber) if isinstance(transcriber, Mapping) else {shared.model_id: transcriber}
+    )
     optional: dict[str, Check] = {}
     if settings.redis.url is not None:
         optional["redis"] = shared.cache.ping
@@ -63,9 +69,9 @@ def build_ingress_resources(
     return IngressResources(
         shared=shared,
         transcription=TranscriptionService(
-            transcriber,
-            shared.results,
-            model_id=shared.model_id,
+            transcribers,
+            shared.model_results,
+            models=shared.models,
             sync_max_duration_s=settings.server.sync_max_duration_s,
         ),
         readiness=ReadinessService(

@@ -22,6 +22,7 @@ from cluster import metrics
 from cluster.whisper_client import ServeTranscriber
 from deployments.dependencies import build_ingress_resources
 from deployments.fastapi_app import create_app
+from deployments.transcriber import deployment_name
 from services.core.disk_metrics import DiskSampler
 from services.core.health import HeldStatus, Refresher
 from services.core.logging import configure_logging, get_logger
@@ -30,7 +31,6 @@ from services.resources import build_resources
 
 log = get_logger(__name__)
 
-MODEL_DEPLOYMENT = "WhisperTranscriber"
 HEALTH_REFRESH_S = 2.0
 TRACKER_STATUS_TIMEOUT_S = 2.0
 # A held value this old means its refresher is stuck: report down rather than old news.
@@ -42,19 +42,22 @@ HEALTH_MAX_AGE_S = 3 * HEALTH_REFRESH_S + TRACKER_STATUS_TIMEOUT_S
 class Ingress:
     def __init__(
         self,
-        transcriber: DeploymentHandle[Any],
+        transcribers: dict[str, DeploymentHandle[Any]],
         tracker: DeploymentHandle[Any],
         settings: Settings,
     ) -> None:
+        """`transcribers`: each served model's Whisper deployment, by model id."""
         configure_logging(settings.logging.level)
         self._app_name = serve.get_replica_context().app_name
         self._tracker = tracker
         self._tracker_call: Any = None  # a DeploymentResponse not yet answered
         self._model_status = HeldStatus(max_age_s=HEALTH_MAX_AGE_S)
         self._jobs_status = HeldStatus(max_age_s=HEALTH_MAX_AGE_S)
+        shared = build_resources(settings, nudge=self._nudge_tracker)
+        self._model_deployments = [deployment_name(model) for model in shared.models]
         self._resources = build_ingress_resources(
-            build_resources(settings, nudge=self._nudge_tracker),
-            ServeTranscriber(transcriber),
+            shared,
+            {model_id: ServeTranscriber(handle) for model_id, handle in transcribers.items()},
             model=self._model_status,
             jobs=self._jobs_status,
         )
@@ -79,15 +82,19 @@ class Ingress:
             log.debug("tracker_nudge_failed", error=repr(exc))
 
     def _model_is_up(self) -> bool:
-        """At least one model replica RUNNING, as Serve's controller sees it (blocking)."""
+        """Every served model has a replica RUNNING, as Serve's controller sees it
+        (blocking)."""
         app = serve.status().applications.get(self._app_name)
-        deployment = app.deployments.get(MODEL_DEPLOYMENT) if app else None
-        if deployment is None:
+        if app is None:
             return False
-        return any(
-            getattr(state, "value", state) == "RUNNING" and count > 0
-            for state, count in deployment.replica_states.items()
-        )
+        for name in self._model_deployments:
+            deployment = app.deployments.get(name)
+            if deployment is None or not any(
+                getattr(state, "value", state) == "RUNNING" and count > 0
+                for state, count in deployment.replica_states.items()
+            ):
+                return False
+        return True
 
     def _tracker_is_up(self) -> bool:
         """A tracker answers `status()` in time and its loop is started and alive (blocking:

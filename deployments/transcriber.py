@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from services.transcription.assembly import assemble
 from services.transcription.coalescer import BatchCoalescer
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
+from services.transcription.models import ServedModel
 from services.transcription.packing import ItemResult, WorkItem, count_windows
 from services.transcription.watchdog import CallWatchdog
 
@@ -145,7 +147,38 @@ def _result_of(batch: asyncio.Task[list[ItemResult]], index: int) -> asyncio.Fut
     return future
 
 
-@serve.deployment
+DEPLOYMENT_NAME = "WhisperTranscriber"
+"""The default model's deployment; every other served model's is `WhisperTranscriber_<id>`."""
+
+
+def deployment_name(model: ServedModel) -> str:
+    """The Serve deployment of `model`: what a serve_config.yaml entry names to configure it.
+
+    The default model's keeps the plain name, so a single-model config is unchanged."""
+    if model.default:
+        return DEPLOYMENT_NAME
+    return f"{DEPLOYMENT_NAME}_{re.sub(r'[^A-Za-z0-9._-]', '_', model.id)}"
+
+
+# Defaults only, the same as serve_config.yaml's `WhisperTranscriber` entry: a served model
+# without an entry of its own runs like the default one. The config overrides any of them.
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=32,
+    max_queued_requests=128,
+    autoscaling_config={
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 1,
+        "target_ongoing_requests": 16,
+        "upscale_delay_s": 30,
+        "downscale_delay_s": 600,
+    },
+    graceful_shutdown_timeout_s=60,
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+    ray_actor_options={"num_cpus": 1.5, "num_gpus": 0},
+)
 class WhisperTranscriber:
     def __init__(self, settings: Settings) -> None:
         configure_logging(settings.logging.level)

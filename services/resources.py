@@ -21,7 +21,7 @@ from services.core.storage import LocalAudioStorage
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobsService
 from services.limits.wiring import job_usage_reconciler
-from services.transcription.model_files import served_model_id
+from services.transcription.models import ServedModels
 from services.transcription.result_cache import ResultCache, ResultStore, engine_version
 from services.transcription.service import Transcriber
 
@@ -35,21 +35,32 @@ class Resources:
     cache: Cache
     results: ResultCache
     jobs: JobsService
+    models: ServedModels
+    """Every served model, the default first."""
+    model_results: dict[str, ResultCache]
+    """Each served model's result cache (`results` is the default model's)."""
 
     @property
     def model_id(self) -> str:
         return self.jobs.model_id
 
-    def runner(self, name: str, transcriber: Transcriber) -> JobRunner:
+    def results_for(self, model_id: str) -> ResultCache:
+        return self.model_results.get(model_id, self.results)
+
+    def runner(
+        self, name: str, transcriber: Transcriber, *, model_id: str | None = None
+    ) -> JobRunner:
+        """A runner for the jobs of one model (the default unless `model_id` is given)."""
+        model_id = model_id or self.jobs.model_id
         return JobRunner(
             name=name,
             sessions=self.sessions,
             storage=self.storage,
             jobs=self.jobs,
-            results=self.results,
+            results=self.results_for(model_id),
             transcriber=transcriber,
             settings=self.settings.jobs,
-            model_id=self.jobs.model_id,
+            model_id=model_id,
             on_finished=job_usage_reconciler(self.settings, self.storage),
         )
 
@@ -72,14 +83,19 @@ def build_resources(settings: Settings, *, nudge: Callable[[], None]) -> Resourc
     store: ResultStore = cache
     if isinstance(cache, RedisCache):
         store = FallbackCache(cache, MemoryCache(memory_max_bytes))
-    model_id = served_model_id(settings)
-    results = ResultCache(
-        store,
-        model_id=model_id,
-        enabled=settings.cache.enabled,
-        ttl_s=settings.cache.result_ttl_s,
-        engine=engine_version(model_id, settings.whisper),
-    )
+    models = ServedModels.from_settings(settings)
+    model_results = {
+        model.id: ResultCache(
+            store,
+            model_id=model.id,
+            enabled=settings.cache.enabled,
+            ttl_s=settings.cache.result_ttl_s,
+            engine=engine_version(model.id, models.settings_for(settings, model.id).whisper),
+        )
+        for model in models
+    }
+    model_id = models.default.id
+    results = model_results[model_id]
     jobs = JobsService(
         sessions=sessions,
         storage=storage,
@@ -88,5 +104,8 @@ def build_resources(settings: Settings, *, nudge: Callable[[], None]) -> Resourc
         status_ttl_s=settings.cache.status_ttl_s,
         model_id=model_id,
         nudge=nudge,
+        models=models,
     )
-    return Resources(settings, engine, sessions, storage, cache, results, jobs)
+    return Resources(
+        settings, engine, sessions, storage, cache, results, jobs, models, model_results
+    )

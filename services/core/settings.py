@@ -173,7 +173,7 @@ class JobsSettings(BaseModel):
     """How often the job tracker looks for work when nobody nudges it."""
 
     max_concurrent: int = Field(default=2, ge=1)
-    """Jobs the tracker runs at once (each sends one chunk at a time, below sync traffic)."""
+    """Jobs the tracker runs at once per served model (each sends one chunk at a time, below sync traffic)."""
 
     chunk_s: float = Field(default=300.0, ge=30)
     """Nominal seconds of audio the tracker sends to the model per step; each cut is moved to a pause before it."""

@@ -81,6 +81,14 @@ class JobRunner:
         self._last_purge = float("-inf")
         self.stopping = False
         """Set by `stop()`: no more claims."""
+        self.sweeps = True
+        """Whether this runner sweeps expired data (one runner per process is enough when a
+        tracker runs one per served model)."""
+
+    @property
+    def model_id(self) -> str:
+        """The model whose jobs this runner claims."""
+        return self._model_id
 
     async def start(self) -> None:
         """Take a new token and take over every lease of earlier incarnations at once."""
@@ -154,7 +162,7 @@ class JobRunner:
             if job.id not in self.running:
                 self.running[job.id] = asyncio.create_task(self._run(job))
         loop_now = asyncio.get_running_loop().time()
-        if loop_now - self._last_purge > self._settings.sweep_interval_s:
+        if self.sweeps and loop_now - self._last_purge > self._settings.sweep_interval_s:
             self._last_purge = loop_now
             await self._jobs.purge_expired()
             await self._forget_incarnations(now)

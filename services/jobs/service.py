@@ -22,6 +22,7 @@ transaction. Decisions (DELETE) read the row, never the status cache.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict
@@ -46,6 +47,7 @@ from services.jobs.views import JobPage, JobView
 from services.transcription.audio import AudioTooLongError, probe_audio
 from services.transcription.domain import ResponseFormat, TimestampGranularity, transcript_from_dict
 from services.transcription.formats import RenderedTranscript, render
+from services.transcription.models import ServedModels
 from services.transcription.request import TranscriptionRequest
 
 log = get_logger(__name__)
@@ -70,11 +72,14 @@ class JobsService:
         status_ttl_s: int,
         model_id: str,
         nudge: Callable[[], None],
+        models: ServedModels | None = None,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
         self._settings = settings
         self.model_id = model_id
+        """The default model's id (`whisper-1`); `models` routes the others."""
+        self._models = models
         self.job_events = JobEvents(cache=cache, status_ttl_s=status_ttl_s, nudge=nudge)
         """Status cache, events and nudges: the runner announces through this one too."""
         self._sweeper = Sweeper(
@@ -136,13 +141,16 @@ class JobsService:
         quota: Quota | None = None,
     ) -> tuple[JobView, bool]:
         now = utcnow()
+        model = self._model_of(request)
         request_hash = request.fingerprint(stored.sha256)
+        if model != self.model_id:  # keys stored for the default model must keep matching
+            request_hash = hashlib.sha256(f"{request_hash}|model={model}".encode()).hexdigest()
         job = Job(
             id=str(uuid.uuid4()),
             owner=owner,
             status=JobStatus.QUEUED,
             task=request.task.value,
-            model=self.model_id,
+            model=model,
             options=request.model_dump(mode="json"),
             audio_key=stored.key,
             audio_sha256=stored.sha256,
@@ -187,6 +195,12 @@ class JobsService:
                 await quota(session, owner, stored.size)
             await repo.add(job)
             return JobView.of(job), True
+
+    def _model_of(self, request: TranscriptionRequest) -> str:
+        """The served model the job runs on (the tracker routes it by this id)."""
+        if self._models is None:
+            return self.model_id
+        return self._models.resolve(request.model).id
 
     # -- reads --------------------------------------------------------------------------
 

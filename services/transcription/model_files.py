@@ -33,9 +33,13 @@ class ModelNotAvailableError(ServiceError):
 
 
 def served_model_id(settings: Settings) -> str:
-    """The id clients see in `/v1/models` and may send as `model`."""
-    model = settings.whisper.model
-    return model if model in BUNDLED_MODELS else Path(model).name
+    """The id clients see in `/v1/models` and may send as `model` (the default model's)."""
+    return model_id_of(settings.whisper.model)
+
+
+def model_id_of(model: str) -> str:
+    """A `whisper.model(s)` value's id: a bundled name, or a directory's own name."""
+    return model if model in BUNDLED_MODELS else Path(model).expanduser().name
 
 
 def _package_dir(package: str) -> Path:

@@ -5,7 +5,7 @@ a job stores it as JSON (`model_dump(mode="json")`) and reads it back with
 `model_validate`, and rendering reads the same object. Checks a schema cannot express say
 what was got and what was expected, and raise the service's own 400 (so the message and
 code are the API's, not pydantic's). Which models exist is known only at run time, so the
-service checks `model` (`check_model`).
+service checks `model` (`services/transcription/models.py`).
 """
 
 from __future__ import annotations
@@ -161,12 +161,3 @@ class TranscriptionRequest(BaseModel):
         }
         canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(f"{audio_sha256}|{canonical}".encode()).hexdigest()
-
-
-def check_model(request: TranscriptionRequest, accepted: tuple[str, ...]) -> None:
-    if request.model not in accepted:
-        raise ModelNotFoundError(
-            f"The model {request.model!r} does not exist here; this server serves "
-            f"{' or '.join(repr(m) for m in accepted)}.",
-            param="model",
-        )

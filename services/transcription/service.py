@@ -8,17 +8,14 @@ is bounded before it gets here, by the HTTP edge's body limit.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import BinaryIO, Protocol
 
 from services.transcription.audio import AudioTooLongError, decode_audio
 from services.transcription.domain import SAMPLE_RATE, Transcript, TranscriptionOptions, Waveform
 from services.transcription.formats import RenderedTranscript, render
-from services.transcription.request import (
-    OPENAI_MODEL_ALIAS,
-    TranscriptionRequest,
-    check_model,
-)
+from services.transcription.models import ServedModel, ServedModels
+from services.transcription.request import TranscriptionRequest
 from services.transcription.result_cache import ResultCache, sha256_of
 
 
@@ -36,27 +33,42 @@ class Transcriber(Protocol):
 
 
 class TranscriptionService:
+    """Routes each request to its model's transcriber and result cache (`models.resolve`)."""
+
     def __init__(
         self,
-        transcriber: Transcriber,
-        results: ResultCache,
+        transcribers: Mapping[str, Transcriber],
+        results: Mapping[str, ResultCache],
         *,
-        model_id: str,
+        models: ServedModels,
         sync_max_duration_s: float,
     ) -> None:
-        self._transcriber = transcriber
-        self._results = results
-        self.model_id = model_id
+        missing = set(models.ids) - set(transcribers) | set(models.ids) - set(results)
+        if missing:
+            raise ValueError(f"no transcriber or result cache for the served models {missing}")
+        self._transcribers = dict(transcribers)
+        self._results_by_model = dict(results)
+        self.models = models
         self._sync_max_duration_s = sync_max_duration_s
 
     @property
+    def model_id(self) -> str:
+        """The default model's id: the one `whisper-1` names."""
+        return self.models.default.id
+
+    @property
     def accepted_model_ids(self) -> tuple[str, ...]:
-        return (OPENAI_MODEL_ALIAS, self.model_id)
+        return self.models.accepted_ids
 
     def check(self, request: TranscriptionRequest) -> TranscriptionRequest:
         """What the form's schema cannot know: whether the model is served here."""
-        check_model(request, self.accepted_model_ids)
+        self.models.resolve(request.model)
         return request
+
+    def route(self, request: TranscriptionRequest) -> tuple[ServedModel, Transcriber]:
+        """The served model a request names and the transcriber that runs it."""
+        model = self.models.resolve(request.model)
+        return model, self._transcribers[model.id]
 
     async def transcribe(
         self,
@@ -68,10 +80,11 @@ class TranscriptionService:
         """Decode the upload (bounded), run the model and render the requested format.
 
         `admit` is charged the decoded length before inference (it raises to refuse)."""
-        self.check(request)
+        model, transcriber = self.route(request)
+        results = self._results_by_model[model.id]
         options = request.engine_options()
-        audio_sha256 = await asyncio.to_thread(sha256_of, file) if self._results.enabled else ""
-        cached = await self._results.get(audio_sha256, options)
+        audio_sha256 = await asyncio.to_thread(sha256_of, file) if results.enabled else ""
+        cached = await results.get(audio_sha256, options)
         if cached is not None:
             return render(cached, request)
         try:
@@ -85,6 +98,6 @@ class TranscriptionService:
             ) from exc
         if admit is not None:
             await admit(len(audio) / SAMPLE_RATE)
-        transcript = await self._transcriber.transcribe(audio, options)
-        await self._results.put(audio_sha256, options, transcript)
+        transcript = await transcriber.transcribe(audio, options)
+        await results.put(audio_sha256, options, transcript)
         return render(transcript, request)

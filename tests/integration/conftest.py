@@ -3,8 +3,9 @@
 It is deployed the way `serve run serve_config.yaml` deploys it, with changes for tests
 only: a free HTTP port; the main app on PostgreSQL and Redis (the machine's shared servers,
 a database and a Redis db of its own) with the result cache off; and a second copy of the
-application at `/base` running the multilingual `base` model on the embedded defaults
-(SQLite, no Redis), with token CPU shares so both fit the 2-CPU budget.
+application at `/multi` serving two models at once, `tiny.en` (the default) and the
+multilingual `base`, each in a Whisper deployment of its own, on the embedded defaults
+(SQLite, no Redis), with token CPU shares so everything fits the 2-CPU budget.
 """
 
 from __future__ import annotations
@@ -23,21 +24,33 @@ from services.migrations import upgrade
 from tests import serve_local as local
 from tests.servers import create_database, drop_database
 
-BASE_APP_NAME = "rayscribe-base"
-BASE_PREFIX = "/base"
+MULTI_APP_NAME = "rayscribe-multi"
+MULTI_PREFIX = "/multi"
+MULTI_MODELS = ["tiny.en", "base"]
+"""Served by the second app; the first is the default (`whisper-1`)."""
+BASE_DEPLOYMENT = "WhisperTranscriber_base"
+BASE_MAX_QUEUED = 96
+"""Set on base's deployment by its own config entry (by name), so a test can see it applied."""
 
 
-def _add_base_app(config: dict[str, Any], data_dir: str) -> None:
-    """The same application on the base model, on the embedded defaults (SQLite, no Redis)."""
-    base = copy.deepcopy(config["applications"][0])
-    base.update(name=BASE_APP_NAME, route_prefix=BASE_PREFIX)
-    base["args"]["settings"] = {
+def _add_multi_app(config: dict[str, Any], data_dir: str) -> None:
+    """The same application serving tiny.en and base, on the embedded defaults (SQLite, no
+    Redis). base's deployment is configured by an entry of its own, named as the README
+    says (`WhisperTranscriber_base`), copied from the default model's entry."""
+    multi = copy.deepcopy(config["applications"][0])
+    multi.update(name=MULTI_APP_NAME, route_prefix=MULTI_PREFIX)
+    multi["args"]["settings"] = {
         "data_dir": data_dir,
-        "whisper": {"model": "base"},
+        "whisper": {"model": MULTI_MODELS[0], "models": MULTI_MODELS},
+        "jobs": {"poll_interval_s": 0.5, "retry_backoff_s": 0.2},
     }
-    for deployment in base["deployments"]:
+    (whisper,) = [d for d in multi["deployments"] if d["name"] == "WhisperTranscriber"]
+    base = copy.deepcopy(whisper)
+    base.update(name=BASE_DEPLOYMENT, max_queued_requests=BASE_MAX_QUEUED)
+    multi["deployments"].append(base)
+    for deployment in multi["deployments"]:
         deployment["ray_actor_options"]["num_cpus"] = 0
-    config["applications"].append(base)
+    config["applications"].append(multi)
 
 
 SERVE_REDIS = f"redis://127.0.0.1:6379/{os.environ.get('RAYSCRIBE_TEST_SERVE_REDIS_DB', '6')}"
@@ -57,8 +70,8 @@ def serve_url(tmp_path_factory: pytest.TempPathFactory, serve_database: str) -> 
     client = redis.Redis.from_url(SERVE_REDIS, socket_timeout=2)
     client.flushdb()  # database 6 belongs to this tier
     client.close()
-    base_dir = tmp_path_factory.mktemp("serve-base")
-    upgrade(f"sqlite+aiosqlite:///{base_dir / 'rayscribe.db'}")
+    multi_dir = tmp_path_factory.mktemp("serve-multi")
+    upgrade(f"sqlite+aiosqlite:///{multi_dir / 'rayscribe.db'}")
     settings = {
         "data_dir": str(tmp_path_factory.mktemp("serve-data")),
         "database": {"url": serve_database},
@@ -75,7 +88,7 @@ def serve_url(tmp_path_factory: pytest.TempPathFactory, serve_database: str) -> 
     }
 
     def edit(config: dict[str, Any]) -> None:
-        _add_base_app(config, str(base_dir))
+        _add_multi_app(config, str(multi_dir))
 
     config = local.load_config(port=local.free_port(), settings=settings, edit=edit)
     try:
@@ -91,9 +104,9 @@ def http(serve_url: str) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="session")
-def base_http(serve_url: str) -> Iterator[httpx.Client]:
-    """The same app serving the multilingual base model."""
-    with httpx.Client(base_url=serve_url + BASE_PREFIX, timeout=120) as client:
+def multi_http(serve_url: str) -> Iterator[httpx.Client]:
+    """The same app serving tiny.en (the default) and the multilingual base model."""
+    with httpx.Client(base_url=serve_url + MULTI_PREFIX, timeout=120) as client:
         yield client
 
 

@@ -1,4 +1,4 @@
-"""The service on the multilingual base model: languages and translation of real speech."""
+"""The multilingual base model, served beside tiny.en: languages and translation of speech."""
 
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ pytestmark = pytest.mark.integration
 
 def _post(client: httpx.Client, path: str, clip: Clip, **data: str) -> dict:
     with clip.path.open("rb") as f:
-        response = client.post(
-            path, files={"file": (clip.name, f)}, data={"model": "whisper-1", **data}
-        )
+        response = client.post(path, files={"file": (clip.name, f)}, data={"model": "base", **data})
     assert response.status_code == 200, response.text
     body: dict = response.json()
     return body
@@ -26,9 +24,9 @@ def _post(client: httpx.Client, path: str, clip: Clip, **data: str) -> dict:
 
 @pytest.mark.parametrize("clip", FOREIGN, ids=lambda c: c.name)
 def test_detected_language_matches_the_model_in_process(
-    base_http: httpx.Client, base_engine: WhisperEngine, clip: Clip
+    multi_http: httpx.Client, base_engine: WhisperEngine, clip: Clip
 ) -> None:
-    served = _post(base_http, "/v1/audio/transcriptions", clip, response_format="verbose_json")
+    served = _post(multi_http, "/v1/audio/transcriptions", clip, response_format="verbose_json")
     speech = base_engine.prepare(
         decode_audio(clip.path, max_duration_s=600), TranscriptionOptions()
     )
@@ -39,9 +37,9 @@ def test_detected_language_matches_the_model_in_process(
 
 @pytest.mark.parametrize("clip", FOREIGN, ids=lambda c: c.name)
 def test_translation_matches_the_model_in_process(
-    base_http: httpx.Client, base_engine: WhisperEngine, clip: Clip
+    multi_http: httpx.Client, base_engine: WhisperEngine, clip: Clip
 ) -> None:
-    served = _post(base_http, "/v1/audio/translations", clip)["text"]
+    served = _post(multi_http, "/v1/audio/translations", clip)["text"]
     options = TranscriptionOptions(decode=DecodeOptions(task=Task.TRANSLATE))
     in_process = base_engine.transcribe(decode_audio(clip.path, max_duration_s=600), options).text
     distance = word_error_rate(in_process, served)

@@ -27,7 +27,7 @@ from tests import serve_local as local
 from tests.audio_variants import encode_flac
 from tests.conftest import DISTINCT, ENGLISH, Clip, report, word_error_rate, words_of
 from tests.integration import serve_admin
-from tests.integration.conftest import BASE_PREFIX
+from tests.integration.conftest import MULTI_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -142,19 +142,22 @@ def _whisper_replica_logs() -> list[Path]:
     paths = [
         logs_dir / replica["log_file_path"].lstrip("/")
         for app in details["applications"].values()
-        for replica in app["deployments"]["WhisperTranscriber"]["replicas"]
+        for name, deployment in app["deployments"].items()
+        if name.startswith("WhisperTranscriber")
+        for replica in deployment["replicas"]
     ]
-    assert len(paths) == 2, details["applications"].keys()  # the tiny.en and base apps
+    # tiny.en in the main app; tiny.en and base in the two-model app
+    assert len(paths) == 3, details["applications"].keys()
     return paths
 
 
 def test_ray_prints_no_batching_warning_at_start(serve_url: str) -> None:
     # Serve builds a replica's batch queue, and checks its limits, on the first request.
-    for prefix in ("", BASE_PREFIX):
+    for prefix, model in (("", "whisper-1"), (MULTI_PREFIX, "tiny.en"), (MULTI_PREFIX, "base")):
         response = httpx.post(
             f"{serve_url}{prefix}/v1/audio/transcriptions",
             files={"file": (DISTINCT[0].name, DISTINCT[0].path.read_bytes())},
-            data={"model": "whisper-1"},
+            data={"model": model},
             timeout=120,
         )
         assert response.status_code == 200, response.text
