@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -30,7 +30,13 @@ from services.transcription.assembly import assemble
 from services.transcription.coalescer import BatchCoalescer
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
-from services.transcription.packing import ItemResult, WorkItem, count_windows
+from services.transcription.packing import (
+    SHARED_WINDOW_SAMPLES,
+    ItemResult,
+    WorkItem,
+    count_windows,
+)
+from services.transcription.streaming import StreamEvent, StreamStart, ramped_results
 from services.transcription.watchdog import CallWatchdog
 
 log = get_logger(__name__)
@@ -264,6 +270,74 @@ class WhisperTranscriber:
                 language=prepared.language,
             )
             return transcript
+
+    async def transcribe_stream(
+        self,
+        audio: Waveform,
+        options: TranscriptionOptions,
+        request_id: str | None = None,
+        background: bool = False,
+    ) -> AsyncIterator[StreamEvent]:
+        """`transcribe`, streamed (`handle.options(stream=True)`): `StreamStart`, then each
+        item's segments in time order as its batch finishes. Items join the shared batch
+        queue as `SubmissionRamp` allows (the first ones early and few). Closing the stream
+        (the client went away) drops whatever has not run."""
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            key = self._coalescer.announce()
+            try:
+                prepared = await asyncio.to_thread(self._engine.prepare, audio, options)
+            except BaseException:
+                self._coalescer.settle(key)
+                raise
+            for item in prepared.items:
+                item.request_key = key
+                item.background = background
+            yield StreamStart(
+                language=prepared.language,
+                language_probability=prepared.language_probability,
+                duration_s=prepared.duration_s,
+                items=len(prepared.items),
+            )
+
+            def submit(items: list[WorkItem]) -> list[Awaitable[ItemResult]]:
+                # The request's later items come when the ramp allows, never "on the way":
+                # the coalescer must not hold a batch for them.
+                self._coalescer.settle(key)
+                return [self._queued(item) for item in items]
+
+            self._batch_used = True
+            finished = False
+            try:
+                async for done in ramped_results(
+                    prepared.items,
+                    submit,
+                    max_samples=self._batching.max_batch_windows * SHARED_WINDOW_SAMPLES,
+                ):
+                    yield done
+                finished = True
+            finally:
+                self._coalescer.settle(key)
+                if not finished:
+                    for item in prepared.items:
+                        item.abandoned = True
+                    log.info("stream_abandoned", items=len(prepared.items))
+            log.info(
+                "transcribed",
+                audio_s=round(prepared.duration_s, 2),
+                items=len(prepared.items),
+                language=prepared.language,
+                streamed=True,
+            )
+
+    async def _queued(self, item: WorkItem) -> ItemResult:
+        place = await self._batch(item)
+        return await place
+
+    async def detect_languages(self, audio: Waveform, request_id: str | None = None) -> Any:
+        """Every language's probability for `audio`, most likely first (a multilingual
+        model; one encoder pass, outside the batch queue)."""
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            return await asyncio.to_thread(self._engine.language_probabilities, audio)
 
     def _run_engine(self, items: list[WorkItem]) -> list[ItemResult]:
         """One engine call on a worker thread; the coalescer runs one at a time."""

@@ -10,12 +10,18 @@ from deployments.controllers.forms import (
     TRANSCRIPT_RESPONSES,
     UPLOAD_ERRORS,
     FileField,
+    LanguageForm,
     RequestForm,
 )
+from deployments.controllers.transcript_events import sse_response
 from deployments.dependencies import TranscriptionServiceDep
+from deployments.errors import error_responses
 from deployments.limits import AudioAdmissionDep
 from services.transcription.domain import Task
-from services.transcription.formats import RenderedTranscript
+from services.transcription.formats import RenderedTranscript, usage_of_seconds
+from services.transcription.languages import language_name
+from services.transcription.request import TranscriptionRequest
+from services.transcription.responses import LanguageDetection, LanguageProbability
 
 router = APIRouter(prefix="/v1/audio", tags=["audio"], dependencies=[Depends(require_transcriber)])
 
@@ -37,7 +43,9 @@ async def create_transcription(
     file: FileField,
     form: RequestForm,
 ) -> Response:
-    request = form.for_route(Task.TRANSCRIBE)
+    request = form.for_route(Task.TRANSCRIBE, live=True)
+    if request.stream:
+        return sse_response(await service.stream(file.file, request, admit=admit))
     return rendered_response(await service.transcribe(file.file, request, admit=admit))
 
 
@@ -55,3 +63,31 @@ async def create_translation(
 ) -> Response:
     request = form.for_route(Task.TRANSLATE, granularities=False)
     return rendered_response(await service.transcribe(file.file, request, admit=admit))
+
+
+@router.post(
+    "/language",
+    summary="Detect the spoken language (ours)",
+    description="The most likely languages of the first 30 s of speech, with the model's "
+    "probabilities (like whisper-asr-webservice's detect-language). Needs a multilingual "
+    "model: an English-only one answers 400 `unsupported_model`.",
+    responses=error_responses(400, 408, 413, 415, 503, 507),
+)
+async def detect_language(
+    service: TranscriptionServiceDep,
+    admit: AudioAdmissionDep,
+    file: FileField,
+    form: LanguageForm,
+) -> LanguageDetection:
+    request = TranscriptionRequest(model=form.model)
+    ranked, duration_s = await service.detect_languages(file.file, request, admit=admit)
+    top = [
+        LanguageProbability(language=code, name=language_name(code), probability=round(p, 4))
+        for code, p in ranked[: form.top]
+    ]
+    return LanguageDetection(
+        language=top[0].language,
+        probability=top[0].probability,
+        languages=top,
+        usage=usage_of_seconds(duration_s),
+    )

@@ -32,6 +32,7 @@ from services.transcription.domain import (
     DecodeOptions,
     Segment,
     Task,
+    TokenLogprob,
     Transcript,
     TranscriptionOptions,
     Waveform,
@@ -149,7 +150,7 @@ class WhisperEngine:
 
     def prepare(self, audio: Waveform, options: TranscriptionOptions) -> PreparedAudio:
         """Find the speech, cut it into window-sized items and settle the language."""
-        clips = speech_clips(audio)
+        clips = speech_clips(audio, options.vad)
         decode = options.decode
         language, probability = decode.language or "en", 1.0
         if not self.multilingual:
@@ -157,6 +158,8 @@ class WhisperEngine:
             decode = replace(decode, task=Task.TRANSCRIBE, language="en")
             language = "en"
         items = split_into_items(clips, audio, decode, word_timestamps=options.word_timestamps)
+        for item in items:
+            item.logprobs = options.logprobs
         if self.multilingual and decode.language is None and items:
             language, probability = self.detect_language(items[0].speech)
             items = [replace(item, decode=replace(decode, language=language)) for item in items]
@@ -170,6 +173,14 @@ class WhisperEngine:
 
     def detect_language(self, speech: Waveform) -> tuple[str, float]:
         return self._decoder.detect_language(speech)
+
+    def language_probabilities(self, audio: Waveform) -> list[tuple[str, float]]:
+        """`POST /v1/audio/language`: every language's probability, most likely first, from
+        the first 30 s of speech (VAD drops silence first, as for transcription); the audio
+        as it is when VAD hears no speech."""
+        clips = speech_clips(audio)
+        speech = np.concatenate([audio[a:b] for a, b in clips]) if clips else audio
+        return self._decoder.language_probabilities(speech)
 
     # -- step 2: the batch function ------------------------------------------------------
 
@@ -201,7 +212,37 @@ class WhisperEngine:
                     self._decode_isolating_failures(group, chunk, decode, group_results)
             for index, result in zip(indices, group_results, strict=True):
                 results[index] = result
+        self._add_logprobs(items, results)
         return results
+
+    def _add_logprobs(self, items: Sequence[WorkItem], results: list[ItemResult]) -> None:
+        """Token log-probabilities for the items that asked, scored on each item's own audio
+        (a shared window's segments may be cut between callers, re-tokenized; scoring the
+        final tokens against the item keeps every caller's numbers its own). Costs one
+        encoder pass per such item; a failure here fails only those items."""
+        wanted = [
+            k
+            for k, item in enumerate(items)
+            if item.logprobs and not isinstance(results[k], Exception)
+        ]
+        for decode, indices in group_by_decode([items[k] for k in wanted]).items():
+            chosen = [wanted[i] for i in indices]
+            for start in range(0, len(chosen), self.decode_batch_size):
+                part = chosen[start : start + self.decode_batch_size]
+                segments = [_result_segments(results[k]) for k in part]
+                try:
+                    scored = self._decoder.token_logprobs(
+                        [items[k].speech for k in part],
+                        [[t for s in segs for t in s.tokens] for segs in segments],
+                        decode,
+                    )
+                except Exception as exc:
+                    log.warning("logprobs_failed", error=repr(exc), exc_info=exc)
+                    for k in part:
+                        results[k] = exc
+                    continue
+                for segs, logprobs in zip(segments, scored, strict=True):
+                    _spread_logprobs(segs, logprobs, self._decoder.eot)
 
     def _decode_isolating_failures(
         self,
@@ -355,6 +396,20 @@ class WhisperEngine:
         (result,) = self.run([item])
         if isinstance(result, Exception):
             raise RuntimeError("the warm-up transcription failed") from result
+
+
+def _result_segments(result: ItemResult) -> list[Segment]:
+    assert not isinstance(result, Exception)
+    return result
+
+
+def _spread_logprobs(segments: list[Segment], logprobs: list[TokenLogprob], eot: int) -> None:
+    """Hand each segment the log-probabilities of its own text tokens, in order."""
+    position = 0
+    for segment in segments:
+        count = sum(1 for t in segment.tokens if t < eot)
+        segment.logprobs = logprobs[position : position + count]
+        position += count
 
 
 def _text_ratio(segments: Sequence[Segment]) -> float:

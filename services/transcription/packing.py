@@ -59,6 +59,8 @@ class WorkItem:
     """Set on the request's last item: once it is queued, the request has fully arrived."""
     background: bool = False
     """Work of an asynchronous job: it runs after interactive work that is waiting."""
+    logprobs: bool = False
+    """Its segments get per-token log-probabilities (`include[]=logprobs`)."""
 
     @property
     def samples(self) -> int:

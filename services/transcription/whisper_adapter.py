@@ -31,7 +31,15 @@ from faster_whisper.transcribe import TranscriptionOptions as FwOptions
 from faster_whisper.transcribe import get_suppressed_tokens
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-from services.transcription.domain import SAMPLE_RATE, DecodeOptions, Segment, Waveform, Word
+from services.transcription.domain import (
+    SAMPLE_RATE,
+    DecodeOptions,
+    Segment,
+    TokenLogprob,
+    VadSettings,
+    Waveform,
+    Word,
+)
 
 WRITTEN_FOR = "1.2.1"
 """The faster-whisper version whose internals `_Pipeline` was written against."""
@@ -42,16 +50,25 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 
 _HOST = ctranslate2.Device.cpu
 _VAD = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
-"""For finding the speech to transcribe: the library pipeline's own settings."""
+"""For finding the speech to transcribe: the library pipeline's own settings (`VadSettings()`
+holds the same threshold, padding and silence)."""
 _CUT_VAD = VadOptions(min_silence_duration_ms=100, speech_pad_ms=30)
 """For choosing cuts: tight padding, so the gaps between spans are the pauses as heard."""
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 _APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 
-def speech_clips(audio: Waveform) -> list[tuple[int, int]]:
+def speech_clips(audio: Waveform, vad: VadSettings | None = None) -> list[tuple[int, int]]:
     """The speech in `audio` to transcribe, as [start, end) samples, at most 30 s each."""
-    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, _VAD)]
+    options = _VAD
+    if vad is not None and vad != VadSettings():
+        options = VadOptions(
+            threshold=vad.threshold,
+            max_speech_duration_s=WINDOW_S,
+            min_silence_duration_ms=vad.min_silence_duration_ms,
+            speech_pad_ms=vad.speech_pad_ms,
+        )
+    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, options)]
 
 
 def speech_spans(audio: Waveform) -> list[tuple[int, int]]:
@@ -89,10 +106,62 @@ class WindowDecoder:
     def multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
 
+    @property
+    def eot(self) -> int:
+        """The end-of-text token: ids from it up are special or timestamp tokens."""
+        return int(self._model.hf_tokenizer.token_to_id("<|endoftext|>"))
+
     def detect_language(self, speech: Waveform) -> tuple[str, float]:
         features = self._model.feature_extractor(speech[: int(WINDOW_S * SAMPLE_RATE)])
         language, probability, _ = self._model.detect_language(features=features)
         return str(language), float(probability)
+
+    def language_probabilities(self, speech: Waveform) -> list[tuple[str, float]]:
+        """Every language with the model's probability for it, most likely first, from the
+        first 30 s of `speech`."""
+        features = self._model.feature_extractor(speech[: int(WINDOW_S * SAMPLE_RATE)])
+        _, _, ranked = self._model.detect_language(features=features)
+        return [(str(code), float(p)) for code, p in ranked]
+
+    def token_logprobs(
+        self, audios: Sequence[Waveform], tokens: Sequence[list[int]], decode: DecodeOptions
+    ) -> list[list[TokenLogprob]]:
+        """The model's log-probability of each text token in `tokens[k]` given `audios[k]`
+        (at most one window each), by forced alignment: CTranslate2 scores every token of
+        the transcript in one pass. Timestamp and special tokens are skipped; the answer
+        holds one entry per text token, in order."""
+        tokenizer = self._tokenizer(decode)
+        text = [[t for t in seq if t < tokenizer.eot] for seq in tokens]
+        wanted = [k for k, seq in enumerate(text) if seq]
+        out: list[list[TokenLogprob]] = [[] for _ in tokens]
+        if not wanted:
+            return out
+        features = np.stack(
+            [pad_or_trim(self._model.feature_extractor(audios[k])[..., :-1]) for k in wanted]
+        )
+        encoder_output = self._model.encode(features)
+        frames = [
+            int(math.ceil(audios[k].shape[0] / SAMPLE_RATE) * self._model.frames_per_second)
+            for k in wanted
+        ]
+        results = self._model.model.align(
+            encoder_output, tokenizer.sot_sequence, [text[k] for k in wanted], frames
+        )
+        vocabulary = self._model.hf_tokenizer
+        for k, result in zip(wanted, results, strict=True):
+            out[k] = [
+                _token_logprob(vocabulary.id_to_token(token), probability)
+                for token, probability in zip(text[k], result.text_token_probs, strict=True)
+            ]
+        return out
+
+    def _tokenizer(self, decode: DecodeOptions) -> Tokenizer:
+        return Tokenizer(
+            self._model.hf_tokenizer,
+            self._model.model.is_multilingual,
+            task=decode.task.value,
+            language=decode.language or "en",
+        )
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._model.hf_tokenizer.encode(text, add_special_tokens=False).ids)
@@ -109,12 +178,7 @@ class WindowDecoder:
         Word alignment costs 10-25 % more on CPU, so windows are decoded without it and
         aligned afterwards only where `needs_words(k, segments of window k)` says so.
         """
-        tokenizer = Tokenizer(
-            self._model.hf_tokenizer,
-            self._model.model.is_multilingual,
-            task=decode.task.value,
-            language=decode.language or "en",
-        )
+        tokenizer = self._tokenizer(decode)
         features = np.stack(
             [pad_or_trim(self._model.feature_extractor(audio)[..., :-1]) for audio in audios]
         )
@@ -166,13 +230,39 @@ class WindowDecoder:
             max_new_tokens=None,
             clip_timestamps=[],
             hallucination_silence_threshold=None,
-            hotwords=None,
+            hotwords=decode.hotwords,
         )
 
 
 def warm_up_vad() -> None:
     """Load the VAD model now, not on the first request."""
     get_speech_timestamps(np.zeros(SAMPLE_RATE, dtype=np.float32), _VAD)
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """Whisper's BPE spells each byte as one printable character (GPT-2's byte-level
+    scheme): printable Latin-1 bytes stand for themselves, every other byte for the
+    character 256 + its rank among those. This maps the characters back to bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    alphabet = {chr(b): b for b in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            alphabet[chr(256 + extra)] = byte
+            extra += 1
+    return alphabet
+
+
+_BYTES = _byte_alphabet()
+
+
+def _token_logprob(piece: str | None, probability: float) -> TokenLogprob:
+    raw = bytes(_BYTES.get(char, 0x3F) for char in piece or "")
+    return TokenLogprob(
+        token=raw.decode("utf-8", errors="replace"),
+        logprob=math.log(max(float(probability), 1e-12)),
+        bytes=list(raw),
+    )
 
 
 def _to_segment(raw: dict[str, Any], offset_s: float, temperature: float) -> Segment:
@@ -247,7 +337,12 @@ class _Pipeline(BatchedInferencePipeline):  # type: ignore[misc]
             return result
         model = self.model
         previous = tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
-        prompt = model.get_prompt(tokenizer, previous_tokens=previous, without_timestamps=False)
+        prompt = model.get_prompt(
+            tokenizer,
+            previous_tokens=previous,
+            without_timestamps=False,
+            hotwords=options.hotwords,
+        )
         encoder_output = self._encoder_output = model.encode(features)
         results = model.model.generate(
             encoder_output,
