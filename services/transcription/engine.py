@@ -177,7 +177,9 @@ class WhisperEngine:
     def language_probabilities(self, audio: Waveform) -> list[tuple[str, float]]:
         """`POST /v1/audio/language`: every language's probability, most likely first, from
         the first 30 s of speech (VAD drops silence first, as for transcription); the audio
-        as it is when VAD hears no speech."""
+        as it is when VAD hears no speech. Empty for an English-only model."""
+        if not self.multilingual:
+            return []
         clips = speech_clips(audio)
         speech = np.concatenate([audio[a:b] for a, b in clips]) if clips else audio
         return self._decoder.language_probabilities(speech)
