@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
@@ -23,6 +25,21 @@ from services.transcription.languages import language_name
 from services.transcription.request import TranscriptionRequest
 from services.transcription.responses import LanguageDetection, LanguageProbability
 
+STREAMED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        **TRANSCRIPT_RESPONSES[200],
+        "content": {
+            **TRANSCRIPT_RESPONSES[200]["content"],
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "example": 'event: transcript.text.delta\ndata: {"type": '
+                '"transcript.text.delta", "delta": "Hello"}\n\n',
+            },
+        },
+    }
+}
+"""With `stream=true`, the 200 is a stream of OpenAI's transcript events."""
+
 router = APIRouter(prefix="/v1/audio", tags=["audio"], dependencies=[Depends(require_transcriber)])
 
 
@@ -35,7 +52,10 @@ def rendered_response(rendered: RenderedTranscript) -> Response:
 @router.post(
     "/transcriptions",
     summary="Transcribe audio into the input language",
-    responses={**TRANSCRIPT_RESPONSES, **UPLOAD_ERRORS},
+    description="With `stream=true` the answer is `text/event-stream`: "
+    "`transcript.text.delta` events as each piece is final, then `transcript.text.done`; "
+    "a failure after the stream started is an `error` event.",
+    responses={**STREAMED_RESPONSES, **UPLOAD_ERRORS},
 )
 async def create_transcription(
     service: TranscriptionServiceDep,
