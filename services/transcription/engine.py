@@ -32,11 +32,11 @@ from services.transcription.domain import (
     DecodeOptions,
     Segment,
     Task,
-    TokenLogprob,
     Transcript,
     TranscriptionOptions,
     Waveform,
 )
+from services.transcription.logprobs import add_logprobs
 from services.transcription.model_files import resolve_model_dir, served_model_id
 from services.transcription.packing import (
     ItemResult,
@@ -214,37 +214,8 @@ class WhisperEngine:
                     self._decode_isolating_failures(group, chunk, decode, group_results)
             for index, result in zip(indices, group_results, strict=True):
                 results[index] = result
-        self._add_logprobs(items, results)
+        add_logprobs(self._decoder, items, results, batch_size=self.decode_batch_size)
         return results
-
-    def _add_logprobs(self, items: Sequence[WorkItem], results: list[ItemResult]) -> None:
-        """Token log-probabilities for the items that asked, scored on each item's own audio
-        (a shared window's segments may be cut between callers, re-tokenized; scoring the
-        final tokens against the item keeps every caller's numbers its own). Costs one
-        encoder pass per such item; a failure here fails only those items."""
-        wanted = [
-            k
-            for k, item in enumerate(items)
-            if item.logprobs and not isinstance(results[k], Exception)
-        ]
-        for decode, indices in group_by_decode([items[k] for k in wanted]).items():
-            chosen = [wanted[i] for i in indices]
-            for start in range(0, len(chosen), self.decode_batch_size):
-                part = chosen[start : start + self.decode_batch_size]
-                segments = [_result_segments(results[k]) for k in part]
-                try:
-                    scored = self._decoder.token_logprobs(
-                        [items[k].speech for k in part],
-                        [[t for s in segs for t in s.tokens] for segs in segments],
-                        decode,
-                    )
-                except Exception as exc:
-                    log.warning("logprobs_failed", error=repr(exc), exc_info=exc)
-                    for k in part:
-                        results[k] = exc
-                    continue
-                for segs, logprobs in zip(segments, scored, strict=True):
-                    _spread_logprobs(segs, logprobs, self._decoder.eot)
 
     def _decode_isolating_failures(
         self,
@@ -398,20 +369,6 @@ class WhisperEngine:
         (result,) = self.run([item])
         if isinstance(result, Exception):
             raise RuntimeError("the warm-up transcription failed") from result
-
-
-def _result_segments(result: ItemResult) -> list[Segment]:
-    assert not isinstance(result, Exception)
-    return result
-
-
-def _spread_logprobs(segments: list[Segment], logprobs: list[TokenLogprob], eot: int) -> None:
-    """Hand each segment the log-probabilities of its own text tokens, in order."""
-    position = 0
-    for segment in segments:
-        count = sum(1 for t in segment.tokens if t < eot)
-        segment.logprobs = logprobs[position : position + count]
-        position += count
 
 
 def _text_ratio(segments: Sequence[Segment]) -> float:

@@ -24,12 +24,13 @@ from typing import Any
 
 import ctranslate2
 import numpy as np
+import numpy.typing as npt
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import TranscriptionOptions as FwOptions
 from faster_whisper.transcribe import get_suppressed_tokens
-from faster_whisper.vad import VadOptions, get_speech_timestamps
+from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
 from services.transcription.domain import (
     SAMPLE_RATE,
@@ -40,6 +41,8 @@ from services.transcription.domain import (
     Waveform,
     Word,
 )
+from services.transcription.logprobs import token_logprob
+from services.transcription.vad_stream import FRAME_SAMPLES, SpeechTracker, VadLimits
 
 WRITTEN_FOR = "1.2.1"
 """The faster-whisper version whose internals `_Pipeline` was written against."""
@@ -69,6 +72,58 @@ def speech_clips(audio: Waveform, vad: VadSettings | None = None) -> list[tuple[
             speech_pad_ms=vad.speech_pad_ms,
         )
     return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, options)]
+
+
+class StreamingVad:
+    """`speech_clips` for audio that arrives in blocks: the same clips, each as soon as it is
+    final. Silero runs on every whole 512-sample frame as it arrives, with its recurrent
+    state and the 64-sample context carried from block to block, which gives the numbers
+    the library's whole-file call gives (it runs frames in batches with the same carry); the
+    last, padded frame is run by `finish`, with its tail zeroed as the library does."""
+
+    CONTEXT = 64
+    BATCH_FRAMES = 10_000
+
+    def __init__(self, vad: VadSettings | None = None) -> None:
+        self._session = get_vad_model().session
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(self.CONTEXT, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._tracker = SpeechTracker(VadLimits.of(vad or VadSettings(), max_speech_s=WINDOW_S))
+        self.samples = 0
+
+    def feed(self, block: Waveform) -> list[tuple[int, int]]:
+        """The clips that are final once `block` (the next samples) is heard."""
+        self.samples += block.shape[0]
+        buffer = np.concatenate([self._pending, block.astype(np.float32, copy=False)])
+        whole = buffer.shape[0] // FRAME_SAMPLES * FRAME_SAMPLES
+        self._pending = buffer[whole:].copy()
+        frames = buffer[:whole].reshape(-1, FRAME_SAMPLES)
+        return self._tracker.push(self._probabilities(frames))
+
+    def finish(self) -> list[tuple[int, int]]:
+        """Every clip not handed out yet, after the last block."""
+        last = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+        last[: self._pending.shape[0]] = self._pending
+        last[-self.CONTEXT :] = 0.0
+        final = self._tracker.push(self._probabilities(last[None, :]))
+        return final + self._tracker.finish(self.samples)
+
+    def _probabilities(self, frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if frames.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        contexts = np.concatenate([self._context[None, :], frames[:-1, -self.CONTEXT :]])
+        self._context = frames[-1, -self.CONTEXT :].copy()
+        inputs = np.concatenate([contexts, frames], axis=1)
+        out = []
+        for start in range(0, inputs.shape[0], self.BATCH_FRAMES):
+            probabilities, self._h, self._c = self._session.run(
+                None,
+                {"input": inputs[start : start + self.BATCH_FRAMES], "h": self._h, "c": self._c},
+            )
+            out.append(np.asarray(probabilities, dtype=np.float32).reshape(-1))
+        return np.concatenate(out)
 
 
 def speech_spans(audio: Waveform) -> list[tuple[int, int]]:
@@ -150,7 +205,7 @@ class WindowDecoder:
         vocabulary = self._model.hf_tokenizer
         for k, result in zip(wanted, results, strict=True):
             out[k] = [
-                _token_logprob(vocabulary.id_to_token(token), probability)
+                token_logprob(vocabulary.id_to_token(token), probability)
                 for token, probability in zip(text[k], result.text_token_probs, strict=True)
             ]
         return out
@@ -237,32 +292,6 @@ class WindowDecoder:
 def warm_up_vad() -> None:
     """Load the VAD model now, not on the first request."""
     get_speech_timestamps(np.zeros(SAMPLE_RATE, dtype=np.float32), _VAD)
-
-
-def _byte_alphabet() -> dict[str, int]:
-    """Whisper's BPE spells each byte as one printable character (GPT-2's byte-level
-    scheme): printable Latin-1 bytes stand for themselves, every other byte for the
-    character 256 + its rank among those. This maps the characters back to bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    alphabet = {chr(b): b for b in printable}
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            alphabet[chr(256 + extra)] = byte
-            extra += 1
-    return alphabet
-
-
-_BYTES = _byte_alphabet()
-
-
-def _token_logprob(piece: str | None, probability: float) -> TokenLogprob:
-    raw = bytes(_BYTES.get(char, 0x3F) for char in piece or "")
-    return TokenLogprob(
-        token=raw.decode("utf-8", errors="replace"),
-        logprob=math.log(max(float(probability), 1e-12)),
-        bytes=list(raw),
-    )
 
 
 def _to_segment(raw: dict[str, Any], offset_s: float, temperature: float) -> Segment:
