@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -28,8 +29,9 @@ from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
 from services.transcription.assembly import assemble
 from services.transcription.coalescer import BatchCoalescer
-from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
+from services.transcription.domain import SAMPLE_RATE, Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
+from services.transcription.incremental import Heading, prepare_in_background
 from services.transcription.packing import (
     SHARED_WINDOW_SAMPLES,
     ItemResult,
@@ -279,53 +281,60 @@ class WhisperTranscriber:
         background: bool = False,
     ) -> AsyncIterator[StreamEvent]:
         """`transcribe`, streamed (`handle.options(stream=True)`): `StreamStart`, then each
-        item's segments in time order as its batch finishes. Items join the shared batch
-        queue as `SubmissionRamp` allows (the first ones early and few). Closing the stream
-        (the client went away) drops whatever has not run."""
+        item's segments in time order as its batch finishes. VAD runs block by block on a
+        worker thread (`prepare_in_background`), so the first items are decoded while it
+        goes on; items join the shared batch queue as `SubmissionRamp` allows (the first
+        ones early and few). Closing the stream (the client went away) stops VAD and drops
+        whatever has not run."""
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             key = self._coalescer.announce()
-            try:
-                prepared = await asyncio.to_thread(self._engine.prepare, audio, options)
-            except BaseException:
-                self._coalescer.settle(key)
-                raise
-            for item in prepared.items:
-                item.request_key = key
-                item.background = background
-            yield StreamStart(
-                language=prepared.language,
-                language_probability=prepared.language_probability,
-                duration_s=prepared.duration_s,
-                items=len(prepared.items),
-            )
-
-            def submit(items: list[WorkItem]) -> list[Awaitable[ItemResult]]:
-                # The request's later items come when the ramp allows, never "on the way":
-                # the coalescer must not hold a batch for them.
-                self._coalescer.settle(key)
-                return [self._queued(item) for item in items]
-
-            self._batch_used = True
+            stop = threading.Event()
+            prepared = prepare_in_background(self._engine, audio, options, stop)
+            items: list[WorkItem] = []
             finished = False
             try:
+                heading = await anext(prepared)
+                assert isinstance(heading, Heading)
+                yield StreamStart(
+                    language=heading.language,
+                    language_probability=heading.language_probability,
+                    duration_s=heading.duration_s,
+                    items=None,
+                )
+
+                async def found() -> AsyncIterator[WorkItem]:
+                    async for item in prepared:
+                        assert isinstance(item, WorkItem)
+                        item.request_key = key
+                        item.background = background
+                        items.append(item)
+                        yield item
+
+                def submit(batch: list[WorkItem]) -> list[Awaitable[ItemResult]]:
+                    # Later items come as VAD and the ramp allow, never "on the way": the
+                    # coalescer must not hold a batch for them.
+                    self._coalescer.settle(key)
+                    return [self._queued(item) for item in batch]
+
+                self._batch_used = True
                 async for done in ramped_results(
-                    prepared.items,
+                    found(),
                     submit,
                     max_samples=self._batching.max_batch_windows * SHARED_WINDOW_SAMPLES,
                 ):
                     yield done
                 finished = True
             finally:
+                stop.set()  # VAD stops at its next block; the reader closes with its task
                 self._coalescer.settle(key)
                 if not finished:
-                    for item in prepared.items:
+                    for item in items:
                         item.abandoned = True
-                    log.info("stream_abandoned", items=len(prepared.items))
+                    log.info("stream_abandoned", items=len(items))
             log.info(
                 "transcribed",
-                audio_s=round(prepared.duration_s, 2),
-                items=len(prepared.items),
-                language=prepared.language,
+                audio_s=round(audio.shape[0] / SAMPLE_RATE, 2),
+                items=len(items),
                 streamed=True,
             )
 

@@ -32,7 +32,8 @@ class StreamStart:
     language: str
     language_probability: float
     duration_s: float
-    items: int
+    items: int | None = None
+    """How many items follow, when known (the replica finds them while VAD goes on)."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,15 @@ class SubmissionRamp:
     """
 
     def __init__(self, items: Sequence[WorkItem], *, max_samples: int) -> None:
-        self._sizes = [item.samples for item in items]
+        self._sizes: list[int] = [item.samples for item in items]
         self._allowance = min(SHARED_WINDOW_SAMPLES, max_samples)
         self._max = max(max_samples, self._allowance)
         self._next = 0
         self._in_flight: dict[int, int] = {}
+
+    def add(self, item: WorkItem) -> None:
+        """One more item, after those known so far (items found while VAD goes on)."""
+        self._sizes.append(item.samples)
 
     def take(self) -> list[int]:
         """Indices of the items to queue now (in order); call again after `returned`."""
@@ -156,13 +161,16 @@ Submit = Callable[[list[WorkItem]], list[Awaitable[ItemResult]]]
 
 
 async def ramped_results(
-    items: Sequence[WorkItem], submit: Submit, *, max_samples: int
+    source: Sequence[WorkItem] | AsyncIterator[WorkItem], submit: Submit, *, max_samples: int
 ) -> AsyncIterator[ItemDone]:
     """Each item's result in item order, as soon as it and all before it are done; items are
-    queued as the `SubmissionRamp` allows. The first failed item's error is raised. Leaving
-    early (the client went away) cancels whatever is still queued."""
-    ramp = SubmissionRamp(items, max_samples=max_samples)
+    queued as the `SubmissionRamp` allows, also while `source` is still producing them. The
+    first failed item's error is raised (or the source's). Leaving early (the client went
+    away) cancels whatever is still queued and stops reading the source."""
+    items: list[WorkItem] = []
+    ramp = SubmissionRamp([], max_samples=max_samples)
     pending: dict[int, asyncio.Future[ItemResult]] = {}
+    arrived = asyncio.Event()
 
     def queue_more() -> None:
         indices = ramp.take()
@@ -171,10 +179,27 @@ async def ramped_results(
             for index, awaitable in zip(indices, awaitables, strict=True):
                 pending[index] = asyncio.ensure_future(awaitable)
 
-    queue_more()
+    async def pull() -> None:
+        async for item in _aiter(source):
+            items.append(item)
+            ramp.add(item)
+            queue_more()
+            arrived.set()
+
+    puller = asyncio.ensure_future(pull())
     next_out = 0
     try:
-        while next_out < len(items):
+        while True:
+            if next_out not in pending:
+                if puller.done():
+                    puller.result()  # the source's failure, if any
+                    if next_out >= len(items):
+                        break
+                arrived.clear()
+                waiter = asyncio.ensure_future(arrived.wait())
+                await asyncio.wait([waiter, puller], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                continue
             await asyncio.wait([pending[next_out]])
             ready: list[tuple[int, ItemResult]] = []
             while next_out in pending and pending[next_out].done():
@@ -187,5 +212,15 @@ async def ramped_results(
                     raise result
                 yield ItemDone(index, result)
     finally:
+        puller.cancel()
         for future in pending.values():
             future.cancel()
+
+
+async def _aiter(source: Sequence[WorkItem] | AsyncIterator[WorkItem]) -> AsyncIterator[WorkItem]:
+    if isinstance(source, Sequence):
+        for item in source:
+            yield item
+    else:
+        async for item in source:
+            yield item

@@ -28,6 +28,7 @@ from services.transcription.domain import (
     Waveform,
 )
 from services.transcription.engine import WhisperEngine
+from services.transcription.incremental import Heading, prepare_incremental
 from services.transcription.local import LocalTranscriber
 from services.transcription.packing import SHARED_WINDOW_SAMPLES, ItemResult, Piece, WorkItem
 from services.transcription.request import TranscriptionRequest
@@ -38,8 +39,10 @@ from services.transcription.streaming import (
     SubmissionRamp,
     ramped_results,
 )
+from services.transcription.whisper_adapter import StreamingVad, speech_clips
 from tests.conftest import DISTINCT
 from tests.live_app import serve_on_loopback
+from tests.long_audio import build
 
 
 def _item(seconds: float) -> WorkItem:
@@ -98,7 +101,8 @@ async def test_results_come_in_item_order_and_leaving_cancels_the_rest() -> None
 
     stream = ramped_results(items, submit, max_samples=8 * SHARED_WINDOW_SAMPLES)
     first = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
+    for _ in range(5):  # the source is read by a task of its own
+        await asyncio.sleep(0)
     assert submitted == [0]
     futures[0].set_result([_segment(" one", 0)])
     done = await first
@@ -106,7 +110,8 @@ async def test_results_come_in_item_order_and_leaving_cancels_the_rest() -> None
     assert submitted == [0, 1, 2]  # doubled: 56 s
     futures[2].set_result([_segment(" three", 40)])  # out of order: held back
     second = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
     assert not second.done()
     futures[1].set_result([_segment(" two", 20)])
     assert (await second).index == 1
@@ -258,3 +263,40 @@ def test_stream_in_process_matches_the_engine(
     assert events[-1].type == "transcript.text.done"
     assert events[-1].text == reference.text
     assert "".join(e.delta for e in events[:-1]).strip() == reference.text  # type: ignore[union-attr]
+
+
+# -- incremental VAD and items ------------------------------------------------------------------
+
+
+def _recordings() -> list[Waveform]:
+    rng = np.random.default_rng(7)
+    talk = np.concatenate(list(build(90.0, []).samples()))
+    packed = np.concatenate(list(build(70.0, [35.0], no_pause_s=30, gap_s=0.2).samples()))
+    noise = (rng.standard_normal(16_000 * 12) * 0.05).astype(np.float32)
+    clip = decode_audio(DISTINCT[0].path, max_duration_s=600)
+    return [talk, packed, noise, clip, np.zeros(1024, np.float32), np.zeros(300, np.float32)]
+
+
+@pytest.mark.parametrize(
+    "vad", [VadSettings(), VadSettings(0.6, 200, 300), VadSettings(0.3, 0, 2000)], ids=str
+)
+def test_streaming_vad_finds_the_whole_file_clips(vad: VadSettings) -> None:
+    for audio in _recordings():
+        expected = speech_clips(audio, vad)
+        for block in (16_000, 7_777):
+            streaming = StreamingVad(vad)
+            found = [
+                c for s in range(0, len(audio), block) for c in streaming.feed(audio[s : s + block])
+            ]
+            assert found + streaming.finish() == expected
+
+
+def test_incremental_items_equal_prepared_items(tiny_engine: WhisperEngine) -> None:
+    for audio in _recordings()[:2]:
+        options = TranscriptionOptions()
+        expected = tiny_engine.prepare(audio, options).items
+        events = list(prepare_incremental(tiny_engine, audio, options, block_s=7.0))
+        assert isinstance(events[0], Heading)
+        items = [e for e in events if isinstance(e, WorkItem)]
+        assert [i.pieces for i in items] == [i.pieces for i in expected]
+        assert all(np.array_equal(a.speech, b.speech) for a, b in zip(items, expected, strict=True))
