@@ -121,9 +121,9 @@ def test_stream_with_logprobs(client: openai.OpenAI) -> None:
 def test_client_that_disconnects_stops_its_work(
     serve_url: str, transcriber_stats: Callable[[], dict[str, Any]], tmp_path: Path
 ) -> None:
-    """A 4-minute recording abandoned after its first delta: its later windows leave the
+    """A 6-minute recording abandoned after its first delta: its later windows leave the
     queue, so the replica decodes far fewer windows than the recording needs."""
-    recording = build(240.0, [])
+    recording = build(360.0, [])
     path = recording.write_flac(tmp_path / "long.flac")
     speech_s = sum(p.end_s - p.start_s for p in recording.placed)
     before = transcriber_stats()["windows"]
