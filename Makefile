@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long bench-models clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long bench-models bench-stream clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-models: install-dev
 ## Long-job benchmark (issue #13): a 20-minute job end to end against the in-process pipeline
 bench-long: install-dev
 	$(PY) benchmarks/long_job.py
+
+## Streaming benchmark (issue #12): time to the first delta of an 8-minute file
+bench-stream: install-dev
+	$(PY) benchmarks/streaming.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -6,15 +6,17 @@ imports the deployment itself (`cluster/` never imports from `deployments/`).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from services.core.errors import OverloadedError, UnavailableError
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
+from services.transcription.streaming import StreamEvent
 
 
 class ServeTranscriber:
@@ -45,6 +47,47 @@ class ServeTranscriber:
                 retry_after_s=2,
             ) from exc
         return transcript
+
+    async def transcribe_stream(
+        self, audio: Waveform, options: TranscriptionOptions
+    ) -> AsyncIterator[StreamEvent]:
+        """The replica's streamed transcription; closing this iterator cancels the call, and
+        the replica drops the request's work that has not run."""
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        stream: DeploymentResponseGenerator[Any] = self._handle.options(  # type: ignore[assignment]
+            stream=True
+        ).transcribe_stream.remote(audio, options, request_id, False)
+        try:
+            async for event in stream:
+                yield event
+        except BackPressureError as exc:
+            raise OverloadedError(
+                "The transcription service is at capacity; retry shortly.", retry_after_s=2
+            ) from exc
+        except RayActorError as exc:
+            raise UnavailableError(
+                "The transcription replica stopped while handling the request; retry it.",
+                retry_after_s=2,
+            ) from exc
+        finally:
+            stream.cancel()  # type: ignore[no-untyped-call]
+
+    async def detect_languages(self, audio: Waveform) -> list[tuple[str, float]]:
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        try:
+            ranked: list[tuple[str, float]] = await self._handle.detect_languages.remote(
+                audio, request_id
+            )
+        except BackPressureError as exc:
+            raise OverloadedError(
+                "The transcription service is at capacity; retry shortly.", retry_after_s=2
+            ) from exc
+        except RayActorError as exc:
+            raise UnavailableError(
+                "The transcription replica stopped while handling the request; retry it.",
+                retry_after_s=2,
+            ) from exc
+        return ranked
 
     async def ready(self) -> bool:
         ready: bool = await self._handle.ready.remote()

@@ -54,6 +54,7 @@ def create_app(resources: IngressResources) -> FastAPI:
         limits={
             "/v1/audio/transcriptions": server.max_upload_bytes,
             "/v1/audio/translations": server.max_upload_bytes,
+            "/v1/audio/language": server.max_upload_bytes,
             "/v1/jobs": resources.settings.jobs.max_upload_bytes,
         },
         default_limit_bytes=DEFAULT_BODY_LIMIT_BYTES,

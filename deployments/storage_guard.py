@@ -35,6 +35,7 @@ UPLOAD_PATHS = {
     "/v1/jobs": True,
     "/v1/audio/transcriptions": False,
     "/v1/audio/translations": False,
+    "/v1/audio/language": False,
 }
 # The parser keeps a file part in memory up to this size, then writes all of it at once.
 SPOOL_CUSHION_BYTES = MultiPartParser.spool_max_size

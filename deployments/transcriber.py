@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -31,10 +32,17 @@ from services.core.metrics import telemetry
 from services.core.settings import Settings
 from services.transcription.assembly import assemble
 from services.transcription.coalescer import BatchCoalescer
-from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
+from services.transcription.domain import SAMPLE_RATE, Transcript, TranscriptionOptions, Waveform
 from services.transcription.engine import WhisperEngine
+from services.transcription.incremental import Heading, prepare_in_background
 from services.transcription.models import ServedModel
-from services.transcription.packing import ItemResult, WorkItem, count_windows
+from services.transcription.packing import (
+    SHARED_WINDOW_SAMPLES,
+    ItemResult,
+    WorkItem,
+    count_windows,
+)
+from services.transcription.streaming import StreamEvent, StreamStart, ramped_results
 from services.transcription.watchdog import CallWatchdog
 
 log = get_logger(__name__)
@@ -300,6 +308,81 @@ class WhisperTranscriber:
                 language=prepared.language,
             )
             return transcript
+
+    async def transcribe_stream(
+        self,
+        audio: Waveform,
+        options: TranscriptionOptions,
+        request_id: str | None = None,
+        background: bool = False,
+    ) -> AsyncIterator[StreamEvent]:
+        """`transcribe`, streamed (`handle.options(stream=True)`): `StreamStart`, then each
+        item's segments in time order as its batch finishes. VAD runs block by block on a
+        worker thread (`prepare_in_background`), so the first items are decoded while it
+        goes on; items join the shared batch queue as `SubmissionRamp` allows (the first
+        ones early and few). Closing the stream (the client went away) stops VAD and drops
+        whatever has not run."""
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            key = self._coalescer.announce()
+            stop = threading.Event()
+            prepared = prepare_in_background(self._engine, audio, options, stop)
+            items: list[WorkItem] = []
+            finished = False
+            try:
+                heading = await anext(prepared)
+                assert isinstance(heading, Heading)
+                yield StreamStart(
+                    language=heading.language,
+                    language_probability=heading.language_probability,
+                    duration_s=heading.duration_s,
+                    items=None,
+                )
+
+                async def found() -> AsyncIterator[WorkItem]:
+                    async for item in prepared:
+                        assert isinstance(item, WorkItem)
+                        item.request_key = key
+                        item.background = background
+                        items.append(item)
+                        yield item
+
+                def submit(batch: list[WorkItem]) -> list[Awaitable[ItemResult]]:
+                    # Later items come as VAD and the ramp allow, never "on the way": the
+                    # coalescer must not hold a batch for them.
+                    self._coalescer.settle(key)
+                    return [self._queued(item) for item in batch]
+
+                self._batch_used = True
+                async for done in ramped_results(
+                    found(),
+                    submit,
+                    max_samples=self._batching.max_batch_windows * SHARED_WINDOW_SAMPLES,
+                ):
+                    yield done
+                finished = True
+            finally:
+                stop.set()  # VAD stops at its next block; the reader closes with its task
+                self._coalescer.settle(key)
+                if not finished:
+                    for item in items:
+                        item.abandoned = True
+                    log.info("stream_abandoned", items=len(items))
+            log.info(
+                "transcribed",
+                audio_s=round(audio.shape[0] / SAMPLE_RATE, 2),
+                items=len(items),
+                streamed=True,
+            )
+
+    async def _queued(self, item: WorkItem) -> ItemResult:
+        place = await self._batch(item)
+        return await place
+
+    async def detect_languages(self, audio: Waveform, request_id: str | None = None) -> Any:
+        """Every language's probability for `audio`, most likely first (a multilingual
+        model; one encoder pass, outside the batch queue)."""
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            return await asyncio.to_thread(self._engine.language_probabilities, audio)
 
     def _run_engine(self, items: list[WorkItem]) -> list[ItemResult]:
         """One engine call on a worker thread; the coalescer runs one at a time."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import File, Form, UploadFile
+from pydantic import BaseModel, Field
 
 from deployments.errors import error_responses
 from services.transcription.request import TranscriptionRequest
@@ -18,6 +19,16 @@ FileField = Annotated[
     UploadFile, File(description="The audio file (flac, mp3, mp4, m4a, ogg, wav, webm...).")
 ]
 RequestForm = Annotated[TranscriptionRequest, Form()]
+
+
+class LanguageFields(BaseModel):
+    """The fields of `POST /v1/audio/language` besides the file."""
+
+    model: str = Field(default="whisper-1", description="`whisper-1` or the served model id.")
+    top: int = Field(default=5, ge=1, le=100, description="How many languages to list.")
+
+
+LanguageForm = Annotated[LanguageFields, Form()]
 
 TRANSCRIPT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {

@@ -45,12 +45,36 @@ class DecodeOptions:
     language: str | None = None
     prompt: str | None = None
     temperature: float = 0.0
+    hotwords: str | None = None
+    """faster-whisper's vocabulary hints, put before the prompt in the decoder's context."""
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    """How the Silero VAD finds speech (`chunking_strategy=server_vad`); the defaults are the
+    engine's own (`auto`)."""
+
+    threshold: float = 0.5
+    speech_pad_ms: int = 400
+    min_silence_duration_ms: int = 160
 
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
     decode: DecodeOptions = DecodeOptions()
     word_timestamps: bool = False
+    vad: VadSettings = VadSettings()
+    logprobs: bool = False
+    """Per-token log-probabilities on every segment (`include[]=logprobs`)."""
+
+
+@dataclass
+class TokenLogprob:
+    """One text token of a segment and the model's log-probability of it."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
 
 
 @dataclass
@@ -74,6 +98,7 @@ class Segment:
     compression_ratio: float
     no_speech_prob: float
     words: list[Word] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -96,7 +121,14 @@ def transcript_to_dict(transcript: Transcript) -> dict[str, object]:
 
 def transcript_from_dict(data: dict[str, Any]) -> Transcript:
     segments = [
-        Segment(**{**s, "words": [Word(**w) for w in s.get("words", [])]}) for s in data["segments"]
+        Segment(
+            **{
+                **s,
+                "words": [Word(**w) for w in s.get("words", [])],
+                "logprobs": [TokenLogprob(**t) for t in s.get("logprobs", [])],
+            }
+        )
+        for s in data["segments"]
     ]
     return Transcript(
         text=data["text"],

@@ -36,6 +36,7 @@ from services.transcription.domain import (
     TranscriptionOptions,
     Waveform,
 )
+from services.transcription.logprobs import add_logprobs
 from services.transcription.model_files import resolve_model_dir, served_model_id
 from services.transcription.packing import (
     ItemResult,
@@ -149,7 +150,7 @@ class WhisperEngine:
 
     def prepare(self, audio: Waveform, options: TranscriptionOptions) -> PreparedAudio:
         """Find the speech, cut it into window-sized items and settle the language."""
-        clips = speech_clips(audio)
+        clips = speech_clips(audio, options.vad)
         decode = options.decode
         language, probability = decode.language or "en", 1.0
         if not self.multilingual:
@@ -157,6 +158,8 @@ class WhisperEngine:
             decode = replace(decode, task=Task.TRANSCRIBE, language="en")
             language = "en"
         items = split_into_items(clips, audio, decode, word_timestamps=options.word_timestamps)
+        for item in items:
+            item.logprobs = options.logprobs
         if self.multilingual and decode.language is None and items:
             language, probability = self.detect_language(items[0].speech)
             items = [replace(item, decode=replace(decode, language=language)) for item in items]
@@ -170,6 +173,16 @@ class WhisperEngine:
 
     def detect_language(self, speech: Waveform) -> tuple[str, float]:
         return self._decoder.detect_language(speech)
+
+    def language_probabilities(self, audio: Waveform) -> list[tuple[str, float]]:
+        """`POST /v1/audio/language`: every language's probability, most likely first, from
+        the first 30 s of speech (VAD drops silence first, as for transcription); the audio
+        as it is when VAD hears no speech. Empty for an English-only model."""
+        if not self.multilingual:
+            return []
+        clips = speech_clips(audio)
+        speech = np.concatenate([audio[a:b] for a, b in clips]) if clips else audio
+        return self._decoder.language_probabilities(speech)
 
     # -- step 2: the batch function ------------------------------------------------------
 
@@ -201,6 +214,7 @@ class WhisperEngine:
                     self._decode_isolating_failures(group, chunk, decode, group_results)
             for index, result in zip(indices, group_results, strict=True):
                 results[index] = result
+        add_logprobs(self._decoder, items, results, batch_size=self.decode_batch_size)
         return results
 
     def _decode_isolating_failures(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.transcription.domain import ResponseFormat, Segment, Task, Transcript
+from services.transcription.domain import (
+    ResponseFormat,
+    Segment,
+    Task,
+    TokenLogprob,
+    Transcript,
+)
 from services.transcription.languages import language_name
 from services.transcription.request import TranscriptionRequest
 from services.transcription.responses import (
     DurationUsage,
+    TokenLogprobJSON,
     TranscriptionJSON,
     TranscriptionSegment,
     TranscriptionVerbose,
@@ -33,7 +41,9 @@ def render(transcript: Transcript, request: TranscriptionRequest) -> RenderedTra
     """The body the request asked for: a JSON object, or text with its media type."""
     fmt = request.response_format
     if fmt is ResponseFormat.JSON:
-        return RenderedTranscript(to_json(transcript), "application/json")
+        return RenderedTranscript(
+            to_json(transcript, logprobs=request.wants_logprobs), "application/json"
+        )
     if fmt is ResponseFormat.VERBOSE_JSON:
         body = to_verbose_json(
             transcript,
@@ -47,11 +57,26 @@ def render(transcript: Transcript, request: TranscriptionRequest) -> RenderedTra
 
 
 def usage(transcript: Transcript) -> DurationUsage:
-    return DurationUsage(seconds=round(transcript.duration_s, 3))
+    return usage_of_seconds(transcript.duration_s)
 
 
-def to_json(transcript: Transcript) -> dict[str, Any]:
-    return TranscriptionJSON(text=transcript.text, usage=usage(transcript)).model_dump(mode="json")
+def usage_of_seconds(seconds: float) -> DurationUsage:
+    return DurationUsage(seconds=round(seconds, 3))
+
+
+def to_json(transcript: Transcript, *, logprobs: bool = False) -> dict[str, Any]:
+    body = TranscriptionJSON(
+        text=transcript.text,
+        logprobs=logprobs_json(lp for s in transcript.segments for lp in s.logprobs)
+        if logprobs
+        else None,
+        usage=usage(transcript),
+    )
+    return body.model_dump(mode="json", exclude_none=True)
+
+
+def logprobs_json(logprobs: Iterable[TokenLogprob]) -> list[TokenLogprobJSON]:
+    return [TokenLogprobJSON(token=lp.token, logprob=lp.logprob, bytes=lp.bytes) for lp in logprobs]
 
 
 def to_verbose_json(

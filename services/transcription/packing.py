@@ -61,6 +61,8 @@ class WorkItem:
     """Work of an asynchronous job: it runs after interactive work that is waiting."""
     queued_at: float = 0.0
     """`time.monotonic()` when it joined the batch queue (queue-wait metric); 0: unknown."""
+    logprobs: bool = False
+    """Its segments get per-token log-probabilities (`include[]=logprobs`)."""
 
     @property
     def samples(self) -> int:
@@ -128,31 +130,75 @@ def split_into_items(
     the window's very edge (measured on long recordings: whole sentences lost in items of
     29+ s, cut mid-sentence).
     """
-    bounded: list[tuple[int, int]] = []
-    search = min(LONG_CLIP_SEARCH_SAMPLES, max_samples // 2)
-    for start, end in clips:
+    splitter = ItemSplitter(decode, word_timestamps=word_timestamps, max_samples=max_samples)
+    items = [item for clip in clips for item in splitter.add(clip, audio)]
+    return items + splitter.finish(audio)
+
+
+class ItemSplitter:
+    """`split_into_items` one clip at a time, for clips that arrive as VAD finds them: the
+    same items, each handed out as soon as no later clip can change it. Until the speech
+    passes the fill limit the whole request may still be one item, so nothing leaves before
+    that; after it, an item leaves when the next clip starts a new run or would overflow it.
+    `audio` must hold every sample up to the clips given so far."""
+
+    def __init__(
+        self, decode: DecodeOptions, *, word_timestamps: bool, max_samples: int = WINDOW_SAMPLES
+    ) -> None:
+        self._decode = decode
+        self._words = word_timestamps
+        self._max = max_samples
+        self._search = min(LONG_CLIP_SEARCH_SAMPLES, max_samples // 2)
+        self._fill = min(max_samples, SHARED_WINDOW_SAMPLES)
+        self._bounded: list[tuple[int, int]] = []  # before the regime is known
+        self._several = False
+        self._held: list[tuple[int, int]] = []
+
+    def add(self, clip: tuple[int, int], audio: Waveform) -> list[WorkItem]:
+        out: list[WorkItem] = []
+        for bounded in self._bound(clip, audio):
+            if self._several:
+                out += self._run(bounded, audio)
+                continue
+            self._bounded.append(bounded)
+            if len(self._bounded) > 1 and _length(self._bounded) > self._fill:
+                self._several = True
+                for earlier in self._bounded:
+                    out += self._run(earlier, audio)
+                self._bounded = []
+        return out
+
+    def finish(self, audio: Waveform) -> list[WorkItem]:
+        if not self._several:
+            return [self._item(audio, self._bounded)] if self._bounded else []
+        return [self._item(audio, self._held)] if self._held else []
+
+    def _bound(self, clip: tuple[int, int], audio: Waveform) -> list[tuple[int, int]]:
+        """A clip longer than an item, cut at its quietest instants (VAD rarely lets one
+        this long through)."""
+        start, end = clip
+        out: list[tuple[int, int]] = []
         cut = start
-        while end - cut > max_samples:  # VAD rarely lets a run this long through
-            limit = cut + max_samples
-            quiet = quietest_sample(audio, limit - search, limit)
-            bounded.append((cut, quiet))
+        while end - cut > self._max:
+            limit = cut + self._max
+            quiet = quietest_sample(audio, limit - self._search, limit)
+            out.append((cut, quiet))
             cut = quiet
-        bounded.append((cut, end))
-    fill_limit = min(max_samples, SHARED_WINDOW_SAMPLES)
-    if not bounded:
-        return []
-    if len(bounded) == 1 or _length(bounded) <= fill_limit:
-        return [_make_item(audio, bounded, decode, word_timestamps)]
-    items: list[WorkItem] = []
-    held: list[tuple[int, int]] = []
-    for clip in bounded:
+        out.append((cut, end))
+        return out
+
+    def _run(self, clip: tuple[int, int], audio: Waveform) -> list[WorkItem]:
+        held = self._held
         run_ends = bool(held) and clip[0] > held[-1][1]
-        if held and (run_ends or _length(held) + clip[1] - clip[0] > fill_limit):
-            items.append(_make_item(audio, held, decode, word_timestamps))
-            held = []
-        held.append(clip)
-    items.append(_make_item(audio, held, decode, word_timestamps))
-    return items
+        out: list[WorkItem] = []
+        if held and (run_ends or _length(held) + clip[1] - clip[0] > self._fill):
+            out.append(self._item(audio, held))
+            self._held = []
+        self._held.append(clip)
+        return out
+
+    def _item(self, audio: Waveform, clips: Sequence[tuple[int, int]]) -> WorkItem:
+        return _make_item(audio, clips, self._decode, self._words)
 
 
 def _length(clips: Sequence[tuple[int, int]]) -> int:

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from services.core.errors import InvalidRequestError
 from services.transcription.domain import (
@@ -25,6 +32,13 @@ from services.transcription.domain import (
     TranscriptionOptions,
 )
 from services.transcription.languages import LANGUAGE_NAMES
+from services.transcription.request_options import (
+    MAX_HOTWORDS_CHARS,
+    ChunkingStrategy,
+    fold_form,
+    parse_chunking,
+    vad_of,
+)
 
 OPENAI_MODEL_ALIAS = "whisper-1"
 MAX_PROMPT_CHARS = 2000
@@ -67,6 +81,83 @@ class TranscriptionRequest(BaseModel):
         description="`word` and/or `segment` timestamps in verbose_json (default `segment`).",
     )
 
+    stream: bool = Field(
+        default=False,
+        description="Answer with Server-Sent Events: `transcript.text.delta` as each piece is "
+        "final, then `transcript.text.done` (transcriptions only).",
+    )
+    include: list[Literal["logprobs"]] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("include[]", "include"),
+        description="`logprobs`: per-token log-probabilities in `json` answers and stream events.",
+    )
+    chunking_strategy: ChunkingStrategy | None = Field(
+        default=None,
+        description='`auto` or `{"type": "server_vad", "threshold", "prefix_padding_ms", '
+        '"silence_duration_ms"}` (the Silero VAD that finds the speech); as bracketed fields '
+        "or one JSON string.",
+    )
+    hotwords: str | None = Field(
+        default=None,
+        description="Ours (faster-whisper's `hotwords`): words or phrases the model should "
+        f"expect, at most {MAX_HOTWORDS_CHARS} characters. OpenAI's `keywords[]` is taken "
+        "as the same.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_form(cls, data: Any) -> Any:
+        data = fold_form(data)
+        if isinstance(data, dict) and not data.get("hotwords"):
+            keywords = data.get("keywords[]", data.get("keywords"))
+            if isinstance(keywords, list | tuple) and keywords:
+                data = {**data, "hotwords": " ".join(str(k) for k in keywords)}
+            elif isinstance(keywords, str) and keywords:
+                data = {**data, "hotwords": keywords}
+        return data
+
+    @field_validator("chunking_strategy", mode="before")
+    @classmethod
+    def _chunking(cls, value: Any) -> Any:
+        return parse_chunking(value)
+
+    @field_validator("hotwords", mode="after")
+    @classmethod
+    def _hotwords_fit(cls, hotwords: str | None) -> str | None:
+        hotwords = hotwords.strip() if hotwords else None
+        if hotwords is not None and len(hotwords) > MAX_HOTWORDS_CHARS:
+            raise InvalidRequestError(
+                f"hotwords has {len(hotwords)} characters; at most {MAX_HOTWORDS_CHARS} "
+                "are allowed.",
+                param="hotwords",
+            )
+        return hotwords or None
+
+    @field_validator("include", mode="after")
+    @classmethod
+    def _include_set(cls, include: list[Literal["logprobs"]]) -> list[Literal["logprobs"]]:
+        return sorted(set(include))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TranscriptionRequest:
+        if self.stream and self.response_format not in (ResponseFormat.JSON, ResponseFormat.TEXT):
+            raise InvalidRequestError(
+                "stream=true answers with transcript.text events; response_format must be "
+                f"json or text, got {self.response_format.value}.",
+                param="response_format",
+            )
+        if (
+            self.wants_logprobs
+            and not self.stream
+            and self.response_format is not ResponseFormat.JSON
+        ):
+            raise InvalidRequestError(
+                "include[]=logprobs is returned in json answers and stream events only; "
+                f"response_format is {self.response_format.value}.",
+                param="include",
+            )
+        return self
+
     @field_validator("language", mode="after")
     @classmethod
     def _known_language(cls, language: str | None) -> str | None:
@@ -105,10 +196,24 @@ class TranscriptionRequest(BaseModel):
     def _granularity_set(cls, wanted: list[TimestampGranularity]) -> list[TimestampGranularity]:
         return sorted(set(wanted)) or list(DEFAULT_GRANULARITIES)
 
-    def for_route(self, task: Task, *, granularities: bool = True) -> TranscriptionRequest:
+    def for_route(
+        self, task: Task, *, granularities: bool = True, live: bool = False
+    ) -> TranscriptionRequest:
         """This request as the route that received it runs it: the route decides the task,
         a translation has no source language (Whisper detects it), and a route without
-        `timestamp_granularities` (translations, as at OpenAI) uses the default."""
+        `timestamp_granularities` (translations, as at OpenAI) uses the default. Only a
+        `live` route (synchronous transcription) streams and returns log-probabilities."""
+        if not live and self.stream:
+            raise InvalidRequestError(
+                "stream=true is supported on POST /v1/audio/transcriptions only (a job's "
+                "progress streams from GET /v1/jobs/{id}/events).",
+                param="stream",
+            )
+        if not live and self.include:
+            raise InvalidRequestError(
+                "include[]=logprobs is supported on POST /v1/audio/transcriptions only.",
+                param="include",
+            )
         update: dict[str, Any] = {"task": task}
         if task is Task.TRANSLATE:
             update["language"] = None
@@ -130,6 +235,10 @@ class TranscriptionRequest(BaseModel):
         return self.model_copy(update=update)
 
     @property
+    def wants_logprobs(self) -> bool:
+        return "logprobs" in self.include
+
+    @property
     def wants_words(self) -> bool:
         return TimestampGranularity.WORD in self.timestamp_granularities
 
@@ -139,19 +248,28 @@ class TranscriptionRequest(BaseModel):
 
     def decode_options(self) -> DecodeOptions:
         return DecodeOptions(
-            task=self.task, language=self.language, prompt=self.prompt, temperature=self.temperature
+            task=self.task,
+            language=self.language,
+            prompt=self.prompt,
+            temperature=self.temperature,
+            hotwords=self.hotwords,
         )
 
     def engine_options(self) -> TranscriptionOptions:
         """What the model runs with for an answer now: word timing only when it is shown."""
         words = self.response_format is ResponseFormat.VERBOSE_JSON and self.wants_words
-        return TranscriptionOptions(decode=self.decode_options(), word_timestamps=words)
+        return TranscriptionOptions(
+            decode=self.decode_options(),
+            word_timestamps=words,
+            vad=vad_of(self.chunking_strategy),
+            logprobs=self.wants_logprobs,
+        )
 
     def fingerprint(self, audio_sha256: str) -> str:
         """Identifies the same request for an Idempotency-Key: the audio and every field
         that changes the result. `model` is left out (`whisper-1` names the served one).
         The shape is fixed: keys stored before this model existed must still match."""
-        fields = {
+        fields: dict[str, Any] = {
             "task": self.task.value,
             "language": self.language,
             "prompt": self.prompt,
@@ -159,5 +277,15 @@ class TranscriptionRequest(BaseModel):
             "response_format": self.response_format.value,
             "timestamp_granularities": [g.value for g in self.timestamp_granularities],
         }
+        # Newer fields count only when given, so keys stored before them still match.
+        if self.hotwords:
+            fields["hotwords"] = self.hotwords
+        if self.chunking_strategy is not None:
+            strategy = self.chunking_strategy
+            fields["chunking_strategy"] = (
+                strategy if isinstance(strategy, str) else strategy.model_dump(mode="json")
+            )
+        if self.include:
+            fields["include"] = list(self.include)
         canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(f"{audio_sha256}|{canonical}".encode()).hexdigest()

@@ -17,10 +17,37 @@ class DurationUsage(BaseModel):
     seconds: float
 
 
+class TokenLogprobJSON(BaseModel):
+    """One token's log-probability (`include[]=logprobs`), as OpenAI shapes it."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
 class TranscriptionJSON(BaseModel):
     """`response_format=json`."""
 
     text: str
+    logprobs: list[TokenLogprobJSON] | None = Field(
+        default=None, description="With `include[]=logprobs`: every text token, in order."
+    )
+    usage: DurationUsage
+
+
+class LanguageProbability(BaseModel):
+    language: str = Field(description="ISO-639-1 code, e.g. `en`.")
+    name: str = Field(description="The language's English name, e.g. `english`.")
+    probability: float
+
+
+class LanguageDetection(BaseModel):
+    """`POST /v1/audio/language` (ours): the most likely languages of the first 30 s of
+    speech, most likely first."""
+
+    language: str = Field(description="The most likely language's ISO-639-1 code.")
+    probability: float
+    languages: list[LanguageProbability]
     usage: DurationUsage
 
 

@@ -8,15 +8,28 @@ is bounded before it gets here, by the HTTP edge's body limit.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import BinaryIO, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import BinaryIO, Protocol, runtime_checkable
 
+from services.core.errors import InvalidRequestError, UnavailableError
 from services.transcription.audio import AudioTooLongError, decode_audio
 from services.transcription.domain import SAMPLE_RATE, Transcript, TranscriptionOptions, Waveform
 from services.transcription.formats import RenderedTranscript, render
 from services.transcription.models import ServedModel, ServedModels
 from services.transcription.request import TranscriptionRequest
 from services.transcription.result_cache import ResultCache, sha256_of
+from services.transcription.streaming import (
+    DeltaBuilder,
+    ItemDone,
+    StreamEvent,
+    StreamStart,
+    TextDone,
+    TranscriptEvent,
+    stream_whole,
+)
+
+LANGUAGE_SAMPLE_S = 30.0
+"""Language detection listens to the first 30 s of speech; that is what it is charged."""
 
 
 class Transcriber(Protocol):
@@ -30,6 +43,18 @@ class Transcriber(Protocol):
     ) -> Transcript: ...
 
     async def ready(self) -> bool: ...
+
+
+@runtime_checkable
+class LiveTranscriber(Transcriber, Protocol):
+    """A `Transcriber` that also streams a transcript as it is made and ranks languages:
+    the Serve deployment and the in-process engine (asynchronous jobs need neither)."""
+
+    def transcribe_stream(
+        self, audio: Waveform, options: TranscriptionOptions
+    ) -> AsyncIterator[StreamEvent]: ...
+
+    async def detect_languages(self, audio: Waveform) -> list[tuple[str, float]]: ...
 
 
 class TranscriptionService:
@@ -87,8 +112,89 @@ class TranscriptionService:
         cached = await results.get(audio_sha256, options)
         if cached is not None:
             return render(cached, request)
+        audio = await self._decode(file)
+        if admit is not None:
+            await admit(len(audio) / SAMPLE_RATE)
+        transcript = await transcriber.transcribe(audio, options)
+        await results.put(audio_sha256, options, transcript)
+        return render(transcript, request)
+
+    async def stream(
+        self,
+        file: BinaryIO,
+        request: TranscriptionRequest,
+        *,
+        admit: Callable[[float], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[TranscriptEvent]:
+        """`stream=true`: everything that can be refused is refused here, before the first
+        event (the upload is decoded and charged as for `transcribe`); the iterator returned
+        then yields deltas as the model finishes each piece, and `TextDone`."""
+        model, transcriber = self.route(request)
+        results = self._results_by_model[model.id]
+        options = request.engine_options()
+        audio_sha256 = await asyncio.to_thread(sha256_of, file) if results.enabled else ""
+        cached = await results.get(audio_sha256, options)
+        if cached is not None:
+            return _iterate(stream_whole(cached, options))
+        live = _live(transcriber)
+        audio = await self._decode(file)
+        if admit is not None:
+            await admit(len(audio) / SAMPLE_RATE)
+        return self._streamed(live, results, audio, options, audio_sha256)
+
+    async def _streamed(
+        self,
+        live: LiveTranscriber,
+        results: ResultCache,
+        audio: Waveform,
+        options: TranscriptionOptions,
+        audio_sha256: str,
+    ) -> AsyncIterator[TranscriptEvent]:
+        builder: DeltaBuilder | None = None
+        events = live.transcribe_stream(audio, options)
         try:
-            audio = await asyncio.to_thread(
+            async for event in events:
+                if isinstance(event, StreamStart):
+                    builder = DeltaBuilder(event, options)
+                elif isinstance(event, ItemDone) and builder is not None:
+                    for delta in builder.add(event):
+                        yield delta
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        if builder is None:
+            raise UnavailableError("The transcription stream ended before it started; retry.")
+        done: TextDone = builder.done()
+        await results.put(audio_sha256, options, done.transcript)
+        yield done
+
+    async def detect_languages(
+        self,
+        file: BinaryIO,
+        request: TranscriptionRequest,
+        *,
+        admit: Callable[[float], Awaitable[None]] | None = None,
+    ) -> tuple[list[tuple[str, float]], float]:
+        """The languages the model hears in the first 30 s of speech, most likely first, and
+        the audio's length; 400 for a model that knows only English."""
+        model, transcriber = self.route(request)
+        live = _live(transcriber)
+        audio = await self._decode(file)
+        duration_s = len(audio) / SAMPLE_RATE
+        if admit is not None:
+            await admit(min(duration_s, LANGUAGE_SAMPLE_S))
+        ranked = await live.detect_languages(audio)
+        if not ranked:
+            raise InvalidRequestError(
+                f"The model {model.id!r} knows only English, so it cannot detect "
+                "languages; ask a multilingual model (such as base).",
+                param="model",
+                code="unsupported_model",
+            )
+        return ranked, duration_s
+
+    async def _decode(self, file: BinaryIO) -> Waveform:
+        try:
+            return await asyncio.to_thread(
                 decode_audio, file, max_duration_s=self._sync_max_duration_s
             )
         except AudioTooLongError as exc:
@@ -96,8 +202,14 @@ class TranscriptionService:
                 f"{exc.message} Submit longer audio as an asynchronous job: POST /v1/jobs.",
                 param="file",
             ) from exc
-        if admit is not None:
-            await admit(len(audio) / SAMPLE_RATE)
-        transcript = await transcriber.transcribe(audio, options)
-        await results.put(audio_sha256, options, transcript)
-        return render(transcript, request)
+
+
+def _live(transcriber: Transcriber) -> LiveTranscriber:
+    if not isinstance(transcriber, LiveTranscriber):
+        raise UnavailableError("This server cannot stream transcripts or detect languages.")
+    return transcriber
+
+
+async def _iterate(events: list[TranscriptEvent]) -> AsyncIterator[TranscriptEvent]:
+    for event in events:
+        yield event

@@ -24,14 +24,25 @@ from typing import Any
 
 import ctranslate2
 import numpy as np
+import numpy.typing as npt
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import TranscriptionOptions as FwOptions
 from faster_whisper.transcribe import get_suppressed_tokens
-from faster_whisper.vad import VadOptions, get_speech_timestamps
+from faster_whisper.vad import VadOptions, get_speech_timestamps, get_vad_model
 
-from services.transcription.domain import SAMPLE_RATE, DecodeOptions, Segment, Waveform, Word
+from services.transcription.domain import (
+    SAMPLE_RATE,
+    DecodeOptions,
+    Segment,
+    TokenLogprob,
+    VadSettings,
+    Waveform,
+    Word,
+)
+from services.transcription.logprobs import token_logprob
+from services.transcription.vad_stream import FRAME_SAMPLES, SpeechTracker, VadLimits
 
 WRITTEN_FOR = "1.2.1"
 """The faster-whisper version whose internals `_Pipeline` was written against."""
@@ -42,16 +53,77 @@ COMPRESSION_RATIO_THRESHOLD = 2.4
 
 _HOST = ctranslate2.Device.cpu
 _VAD = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
-"""For finding the speech to transcribe: the library pipeline's own settings."""
+"""For finding the speech to transcribe: the library pipeline's own settings (`VadSettings()`
+holds the same threshold, padding and silence)."""
 _CUT_VAD = VadOptions(min_silence_duration_ms=100, speech_pad_ms=30)
 """For choosing cuts: tight padding, so the gaps between spans are the pauses as heard."""
 _PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 _APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 
 
-def speech_clips(audio: Waveform) -> list[tuple[int, int]]:
+def speech_clips(audio: Waveform, vad: VadSettings | None = None) -> list[tuple[int, int]]:
     """The speech in `audio` to transcribe, as [start, end) samples, at most 30 s each."""
-    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, _VAD)]
+    options = _VAD
+    if vad is not None and vad != VadSettings():
+        options = VadOptions(
+            threshold=vad.threshold,
+            max_speech_duration_s=WINDOW_S,
+            min_silence_duration_ms=vad.min_silence_duration_ms,
+            speech_pad_ms=vad.speech_pad_ms,
+        )
+    return [(int(c["start"]), int(c["end"])) for c in get_speech_timestamps(audio, options)]
+
+
+class StreamingVad:
+    """`speech_clips` for audio that arrives in blocks: the same clips, each as soon as it is
+    final. Silero runs on every whole 512-sample frame as it arrives, with its recurrent
+    state and the 64-sample context carried from block to block, which gives the numbers
+    the library's whole-file call gives (it runs frames in batches with the same carry); the
+    last, padded frame is run by `finish`, with its tail zeroed as the library does."""
+
+    CONTEXT = 64
+    BATCH_FRAMES = 10_000
+
+    def __init__(self, vad: VadSettings | None = None) -> None:
+        self._session = get_vad_model().session
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(self.CONTEXT, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._tracker = SpeechTracker(VadLimits.of(vad or VadSettings(), max_speech_s=WINDOW_S))
+        self.samples = 0
+
+    def feed(self, block: Waveform) -> list[tuple[int, int]]:
+        """The clips that are final once `block` (the next samples) is heard."""
+        self.samples += block.shape[0]
+        buffer = np.concatenate([self._pending, block.astype(np.float32, copy=False)])
+        whole = buffer.shape[0] // FRAME_SAMPLES * FRAME_SAMPLES
+        self._pending = buffer[whole:].copy()
+        frames = buffer[:whole].reshape(-1, FRAME_SAMPLES)
+        return self._tracker.push(self._probabilities(frames))
+
+    def finish(self) -> list[tuple[int, int]]:
+        """Every clip not handed out yet, after the last block."""
+        last = np.zeros(FRAME_SAMPLES, dtype=np.float32)
+        last[: self._pending.shape[0]] = self._pending
+        last[-self.CONTEXT :] = 0.0
+        final = self._tracker.push(self._probabilities(last[None, :]))
+        return final + self._tracker.finish(self.samples)
+
+    def _probabilities(self, frames: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if frames.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        contexts = np.concatenate([self._context[None, :], frames[:-1, -self.CONTEXT :]])
+        self._context = frames[-1, -self.CONTEXT :].copy()
+        inputs = np.concatenate([contexts, frames], axis=1)
+        out = []
+        for start in range(0, inputs.shape[0], self.BATCH_FRAMES):
+            probabilities, self._h, self._c = self._session.run(
+                None,
+                {"input": inputs[start : start + self.BATCH_FRAMES], "h": self._h, "c": self._c},
+            )
+            out.append(np.asarray(probabilities, dtype=np.float32).reshape(-1))
+        return np.concatenate(out)
 
 
 def speech_spans(audio: Waveform) -> list[tuple[int, int]]:
@@ -89,10 +161,62 @@ class WindowDecoder:
     def multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
 
+    @property
+    def eot(self) -> int:
+        """The end-of-text token: ids from it up are special or timestamp tokens."""
+        return int(self._model.hf_tokenizer.token_to_id("<|endoftext|>"))
+
     def detect_language(self, speech: Waveform) -> tuple[str, float]:
         features = self._model.feature_extractor(speech[: int(WINDOW_S * SAMPLE_RATE)])
         language, probability, _ = self._model.detect_language(features=features)
         return str(language), float(probability)
+
+    def language_probabilities(self, speech: Waveform) -> list[tuple[str, float]]:
+        """Every language with the model's probability for it, most likely first, from the
+        first 30 s of `speech`."""
+        features = self._model.feature_extractor(speech[: int(WINDOW_S * SAMPLE_RATE)])
+        _, _, ranked = self._model.detect_language(features=features)
+        return [(str(code), float(p)) for code, p in ranked]
+
+    def token_logprobs(
+        self, audios: Sequence[Waveform], tokens: Sequence[list[int]], decode: DecodeOptions
+    ) -> list[list[TokenLogprob]]:
+        """The model's log-probability of each text token in `tokens[k]` given `audios[k]`
+        (at most one window each), by forced alignment: CTranslate2 scores every token of
+        the transcript in one pass. Timestamp and special tokens are skipped; the answer
+        holds one entry per text token, in order."""
+        tokenizer = self._tokenizer(decode)
+        text = [[t for t in seq if t < tokenizer.eot] for seq in tokens]
+        wanted = [k for k, seq in enumerate(text) if seq]
+        out: list[list[TokenLogprob]] = [[] for _ in tokens]
+        if not wanted:
+            return out
+        features = np.stack(
+            [pad_or_trim(self._model.feature_extractor(audios[k])[..., :-1]) for k in wanted]
+        )
+        encoder_output = self._model.encode(features)
+        frames = [
+            int(math.ceil(audios[k].shape[0] / SAMPLE_RATE) * self._model.frames_per_second)
+            for k in wanted
+        ]
+        results = self._model.model.align(
+            encoder_output, tokenizer.sot_sequence, [text[k] for k in wanted], frames
+        )
+        vocabulary = self._model.hf_tokenizer
+        for k, result in zip(wanted, results, strict=True):
+            out[k] = [
+                token_logprob(vocabulary.id_to_token(token), probability)
+                for token, probability in zip(text[k], result.text_token_probs, strict=True)
+            ]
+        return out
+
+    def _tokenizer(self, decode: DecodeOptions) -> Tokenizer:
+        return Tokenizer(
+            self._model.hf_tokenizer,
+            self._model.model.is_multilingual,
+            task=decode.task.value,
+            language=decode.language or "en",
+        )
 
     def tokenize(self, text: str) -> list[int]:
         return list(self._model.hf_tokenizer.encode(text, add_special_tokens=False).ids)
@@ -109,12 +233,7 @@ class WindowDecoder:
         Word alignment costs 10-25 % more on CPU, so windows are decoded without it and
         aligned afterwards only where `needs_words(k, segments of window k)` says so.
         """
-        tokenizer = Tokenizer(
-            self._model.hf_tokenizer,
-            self._model.model.is_multilingual,
-            task=decode.task.value,
-            language=decode.language or "en",
-        )
+        tokenizer = self._tokenizer(decode)
         features = np.stack(
             [pad_or_trim(self._model.feature_extractor(audio)[..., :-1]) for audio in audios]
         )
@@ -166,7 +285,7 @@ class WindowDecoder:
             max_new_tokens=None,
             clip_timestamps=[],
             hallucination_silence_threshold=None,
-            hotwords=None,
+            hotwords=decode.hotwords,
         )
 
 
@@ -247,7 +366,12 @@ class _Pipeline(BatchedInferencePipeline):  # type: ignore[misc]
             return result
         model = self.model
         previous = tokenizer.encode(options.initial_prompt) if options.initial_prompt else []
-        prompt = model.get_prompt(tokenizer, previous_tokens=previous, without_timestamps=False)
+        prompt = model.get_prompt(
+            tokenizer,
+            previous_tokens=previous,
+            without_timestamps=False,
+            hotwords=options.hotwords,
+        )
         encoder_output = self._encoder_output = model.encode(features)
         results = model.model.generate(
             encoder_output,

@@ -30,6 +30,7 @@ from tests.live_app import serve_on_loopback
 OPERATIONS = {
     ("POST", "/v1/audio/transcriptions"),
     ("POST", "/v1/audio/translations"),
+    ("POST", "/v1/audio/language"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{job_id}"),
@@ -103,6 +104,7 @@ def test_every_response_shape_and_status_is_declared(app: FastAPI) -> None:
     assert upload["413"]["content"]["application/json"]["schema"] == error
     ok = upload["200"]["content"]
     assert {"application/json", "text/plain", "text/vtt", "application/x-subrip"} <= set(ok)
+    assert "text/event-stream" in ok  # stream=true
     shapes = {s["$ref"].rsplit("/", 1)[1] for s in ok["application/json"]["schema"]["anyOf"]}
     assert shapes == {"TranscriptionJSON", "TranscriptionVerbose"}
     submitted = _responses(schema, "POST", "/v1/jobs")["202"]
