@@ -23,7 +23,7 @@ import ray
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from tests.ops.test_configs import ENV_CONFIGS, deployments_of, load
+from tests.ops.test_configs import ENV_CONFIGS, app_of, deployments_of, load
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "cluster" / "kuberay"
@@ -145,6 +145,13 @@ def test_head_cpu_and_gpu_groups_run_the_matching_images() -> None:
     assert images["gpu"] == images["cpu"].removesuffix("-cpu") + "-gpu"
     # No Serve replica on the head: losing a replica's node never takes the GCS with it.
     assert groups["head"]["rayStartParams"]["num-cpus"] == "0"
+    # Migrations run before the head starts, in the environment the Serve config names.
+    (migrate,) = groups["head"]["template"]["spec"]["initContainers"]
+    assert migrate["image"] == images["head"]
+    assert migrate["command"][-3:] == ["services.migrations", "upgrade", "head"]
+    env = {e["name"]: e["value"] for e in migrate["env"]}
+    prod_env = app_of(load(ENV_CONFIGS["prod"]))["runtime_env"]["env_vars"]["RAYSCRIBE_ENV"]
+    assert env["RAYSCRIBE_ENV"] == prod_env
 
 
 def test_every_ray_container_has_probes_resources_and_the_secrets() -> None:
