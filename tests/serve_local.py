@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 APP_NAME = "rayscribe"
-DEPLOY_TIMEOUT_S = 180
+DEPLOY_TIMEOUT_S = 600  # replicas of three Whisper deployments start slowly on a loaded machine
 
 
 def free_port() -> int:

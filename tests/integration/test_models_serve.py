@@ -28,9 +28,9 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 
-def _stats(deployment: str) -> dict[str, Any]:
+async def _stats(deployment: str) -> dict[str, Any]:
     handle = serve.get_deployment_handle(deployment, app_name=MULTI_APP_NAME)
-    stats: dict[str, Any] = handle.stats.remote().result(timeout_s=60)
+    stats: dict[str, Any] = await handle.stats.remote()
     return stats
 
 
@@ -80,13 +80,13 @@ async def test_interleaved_requests_each_answered_by_the_model_asked(serve_url: 
     clips = FOREIGN[:4]
     plan = [(clip, model) for clip in clips for model in ("base", "tiny.en")]
     plan += [(DISTINCT[1], "whisper-1"), (DISTINCT[2], "base")]
-    before = {name: _stats(name) for name in ("WhisperTranscriber", BASE_DEPLOYMENT)}
+    before = {name: await _stats(name) for name in ("WhisperTranscriber", BASE_DEPLOYMENT)}
     async with httpx.AsyncClient(base_url=serve_url + MULTI_PREFIX, timeout=300) as client:
         answers = await asyncio.gather(*(_transcribe(client, c, m) for c, m in plan))
     for (clip, model), body in zip(plan, answers, strict=True):
         expected = clip.language if model == "base" else "en"
         assert body["language"] == language_name(expected), (clip.name, model, body)
-    after = {name: _stats(name) for name in before}
+    after = {name: await _stats(name) for name in before}
     # The app's result cache is on: a repeat (another test's) would not reach the model,
     # so at most as many requests reached each deployment as were sent to it, and some did.
     sent = {"WhisperTranscriber": 5, BASE_DEPLOYMENT: 5}
