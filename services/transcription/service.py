@@ -140,18 +140,25 @@ class TranscriptionService:
         audio = await self._decode(file)
         if admit is not None:
             await admit(len(audio) / SAMPLE_RATE)
-        return self._streamed(live, results, audio, options, audio_sha256)
+        # The replica's first event comes before the answer starts, so a full queue or a
+        # replica that cannot take the request is still a plain 503, not an error event.
+        events = live.transcribe_stream(audio, options)
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()  # type: ignore[attr-defined]
+            raise
+        return self._streamed(first, events, results, options, audio_sha256)
 
     async def _streamed(
         self,
-        live: LiveTranscriber,
+        first: StreamEvent,
+        events: AsyncIterator[StreamEvent],
         results: ResultCache,
-        audio: Waveform,
         options: TranscriptionOptions,
         audio_sha256: str,
     ) -> AsyncIterator[TranscriptEvent]:
-        builder: DeltaBuilder | None = None
-        events = live.transcribe_stream(audio, options)
+        builder = DeltaBuilder(first, options) if isinstance(first, StreamStart) else None
         try:
             async for event in events:
                 if isinstance(event, StreamStart):
