@@ -21,6 +21,9 @@ from pathlib import Path
 from tests.serve_local import ROOT, free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
+PATIENT_RAY = {"RAY_agent_register_timeout_ms": "180000", "RAY_raylet_start_wait_time_s": "180"}
+"""The raylet waits 30 s for its agents (Python, slow to import on a machine loaded far past
+its cores) and then aborts the node; the cluster tests give it three minutes."""
 
 
 class RayNode:
@@ -56,6 +59,7 @@ class RayNode:
         if self.is_head:
             command += ["--head", "--port", str(self.gcs_port), "--include-dashboard", "false"]
             command += ["--ray-client-server-port", str(free_port())]
+            command += ["--dashboard-port", str(free_port())]  # even unused, 8265 is checked
         else:
             command += ["--address", self.address]
         command += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(self.temp_dir)]
@@ -65,7 +69,7 @@ class RayNode:
         return command
 
     def start(self, environment: dict[str, str]) -> None:
-        env = {**os.environ, **environment}
+        env = {**os.environ, **PATIENT_RAY, **environment}
         env["PYTHONPATH"] = str(ROOT)  # the app's packages, in every worker of this node
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         with self._log.open("wb") as log:
@@ -73,6 +77,22 @@ class RayNode:
                 self.command(), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def wait_started(self, timeout_s: float = 240) -> bool:
+        """Until `ray start` says its node runs (True) or it exits (False)."""
+        deadline = time.monotonic() + timeout_s
+        while self.running and time.monotonic() < deadline:
+            try:
+                if "block forever" in self._log.read_text(errors="replace"):
+                    return True
+            except OSError:
+                pass
+            time.sleep(1)
+        return False
 
     def processes(self) -> dict[int, str]:
         """The descendants of this node's `ray start` process: {pid: command name}."""

@@ -2,7 +2,7 @@
 the load falls, back to 1, without a single failed request during either transition.
 
 The app is serve_config.yaml with a test autoscaling config (short delays and look-back,
-a target of 2 requests per replica) and fractional CPUs: two Whisper replicas at 0.75
+a target of 1 request per replica) and fractional CPUs: two Whisper replicas at 0.75
 logical CPUs each (one CTranslate2 thread) plus the ingress and the tracker fill the
 2-CPU budget of this machine exactly. Serve's handles and replicas push their load every
 second instead of every ten (Ray's environment knobs, set for this cluster only).
@@ -11,6 +11,7 @@ second instead of every ten (Ray's environment knobs, set for this cluster only)
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +22,19 @@ import pytest
 from services.migrations import upgrade
 from tests import serve_local as local
 from tests.cluster.load import Load, ReplicaTimeline, statuses
+from tests.cluster.ray_nodes import PATIENT_RAY
 from tests.conftest import ENGLISH, report
 
 pytestmark = pytest.mark.cluster
 
 WHISPER = "WhisperTranscriber"
+# Generous: a replica starts in seconds on a quiet machine, in minutes on one loaded 20x.
+SCALE_TIMEOUT_S = 300
+CALL_TIMEOUT_S = 300
 PUSH_INTERVALS = {
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+    **PATIENT_RAY,
 }
 
 
@@ -39,7 +45,7 @@ def autoscaling_config(config: dict[str, Any]) -> None:
         "min_replicas": 1,
         "initial_replicas": 1,
         "max_replicas": 2,
-        "target_ongoing_requests": 2,
+        "target_ongoing_requests": 1,
         "upscale_delay_s": 2,
         "downscale_delay_s": 5,
         "look_back_period_s": 12,  # Ray wants it above its (deprecated) 10 s metrics interval
@@ -79,7 +85,11 @@ def start_ray(num_cpus: int, attempts: int = 3) -> None:
     for attempt in range(attempts):
         try:
             ray.init(
-                num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, namespace="serve"
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                namespace="serve",
+                _temp_dir=tempfile.mkdtemp(prefix="rs-scaling-"),  # not the shared /tmp/ray
             )
             return
         except Exception:
@@ -91,16 +101,16 @@ def start_ray(num_cpus: int, attempts: int = 3) -> None:
 def test_whisper_scales_up_under_load_and_back_down(autoscaling_url: str) -> None:
     clip: Path = max(ENGLISH, key=lambda c: c.duration_s).path
     timeline = ReplicaTimeline(local.APP_NAME, WHISPER).start()
-    load = Load(autoscaling_url, clip, clients=6)
+    load = Load(autoscaling_url, clip, clients=8, timeout_s=CALL_TIMEOUT_S)
     try:
         assert timeline.wait_for(lambda n: n == 1, 30), timeline.describe()
         load.start()
-        scaled_up = timeline.wait_for(lambda n: n >= 2, 150)
+        scaled_up = timeline.wait_for(lambda n: n >= 2, SCALE_TIMEOUT_S)
         up_at = time.monotonic()
         if scaled_up:
             time.sleep(5)  # both replicas serve for a while
             load.scale_to(1)  # light load: the target says one replica, while requests run
-            scaled_down = timeline.wait_for(lambda n: n == 1, 150)
+            scaled_down = timeline.wait_for(lambda n: n == 1, SCALE_TIMEOUT_S)
             time.sleep(3)  # the last replica keeps serving after the other stopped
         else:
             scaled_down = False

@@ -11,7 +11,6 @@ within a minute every new request is served, by the replica on the head node.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -74,12 +73,16 @@ def cluster(
         "jobs": {"poll_interval_s": 0.5, "retry_backoff_s": 0.2, "max_concurrent": 4, "lease_s": 5},
     }
     config = local.load_config(port=local.free_port(), settings=settings, edit=two_node_topology)
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"  # the driver presents the token the nodes require
+    # Ray's token auth on (the default for `ray start`, from ~/.ray/auth_token): the nodes
+    # get RAY_AUTH_MODE=token; this process must present it too, and Ray reads the mode once
+    # into its cached config, which only its own helper refreshes.
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()
     try:
-        head.start({})
-        connect(head)
-        worker.start({})
+        start_node(head)
+        ray.init(address=head.address, namespace="serve", log_to_driver=False)
+        start_node(worker)
         wait_for_nodes(2)
         yield local.deploy(config), head, worker
     finally:
@@ -89,22 +92,17 @@ def cluster(
         finally:
             worker.stop()
             head.stop()
-            if saved is None:
-                os.environ.pop("RAY_AUTH_MODE", None)
-            else:
-                os.environ["RAY_AUTH_MODE"] = saved
 
 
-def connect(head: RayNode, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            ray.init(address=head.address, namespace="serve", log_to_driver=False)
+def start_node(node: RayNode, attempts: int = 3) -> None:
+    """On a machine loaded far past its cores a node can abort at start (Ray's fixed 30 s
+    wait for its raylet): start it again."""
+    for _ in range(attempts):
+        node.start({})
+        if node.wait_started():
             return
-        except Exception as exc:  # the head still starting
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"head never came up: {exc}; {head.log_tail()}") from exc
-            time.sleep(1)
+        node.stop()
+    raise RuntimeError(f"the Ray node did not start: {node.log_tail()}")
 
 
 def wait_for_nodes(count: int, timeout_s: float = 120) -> None:
