@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +132,10 @@ class RayNode:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self._process = None
+
+    def remove(self) -> None:
+        """Delete the node's temp dir (logs included); after `stop`."""
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def log_tail(self) -> str:
         try:

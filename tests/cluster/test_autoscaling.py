@@ -11,6 +11,7 @@ second instead of every ten (Ray's environment knobs, set for this cluster only)
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -62,14 +63,16 @@ def autoscaling_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = local.load_config(port=local.free_port(), settings=settings, edit=autoscaling_config)
     saved = {name: os.environ.get(name) for name in PUSH_INTERVALS}
     os.environ.update(PUSH_INTERVALS)  # inherited by the raylet and every worker it starts
+    temp_dir = tempfile.mkdtemp(prefix="rs-scaling-")
     try:
-        start_ray(num_cpus=2)
+        start_ray(num_cpus=2, temp_dir=temp_dir)
         yield local.deploy(config)
     finally:
         import ray
 
         if ray.is_initialized():  # serve.shutdown() would start a local Ray otherwise
             local.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -77,7 +80,7 @@ def autoscaling_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 os.environ[name] = value
 
 
-def start_ray(num_cpus: int, attempts: int = 3) -> None:
+def start_ray(num_cpus: int, temp_dir: str, attempts: int = 3) -> None:
     """`ray.init` of a local cluster, tried again when the raylet missed Ray's fixed 30 s
     start-up wait (it does on a machine loaded far past its cores)."""
     import ray
@@ -89,7 +92,7 @@ def start_ray(num_cpus: int, attempts: int = 3) -> None:
                 include_dashboard=False,
                 log_to_driver=False,
                 namespace="serve",
-                _temp_dir=tempfile.mkdtemp(prefix="rs-scaling-"),  # not the shared /tmp/ray
+                _temp_dir=temp_dir,  # not the shared /tmp/ray
             )
             return
         except Exception:

@@ -92,6 +92,8 @@ def cluster(
         finally:
             worker.stop()
             head.stop()
+            worker.remove()
+            head.remove()
 
 
 def start_node(node: RayNode, attempts: int = 3) -> None:
@@ -178,7 +180,7 @@ def test_second_node_fails_under_load(
     placed = whisper_nodes()
     assert len(set(placed)) == 2, f"one replica per node: {placed}"
 
-    clip = max(ENGLISH, key=lambda c: c.duration_s)
+    clip = ENGLISH[1]  # 5 s: many requests in flight, some on the failing node
     load = Load(url, clip.path, clients=4, timeout_s=CALL_TIMEOUT_S).start()
     try:
         job_ids = asyncio.run(submit_jobs(url, ENGLISH[:JOBS]))
@@ -192,30 +194,34 @@ def test_second_node_fails_under_load(
     finally:
         outcomes = load.stop()
 
-    # Every new request is served by the replica on the head node, within the minute.
+    # Then every new request is served, by the replica on the head node: probes until three
+    # in a row answer 200. Recovery: when the last refused or failed request ended.
     probes: list[tuple[float, int]] = []
     with httpx.Client(base_url=url, timeout=CALL_TIMEOUT_S) as client:
-        while time.monotonic() < killed_at + RECOVERY_LIMIT_S:
-            started = time.monotonic()
+        deadline = time.monotonic() + 4 * RECOVERY_LIMIT_S
+        while time.monotonic() < deadline:
             response = client.post(
                 "/v1/audio/transcriptions",
                 files={"file": (clip.name, clip.path.read_bytes())},
                 data={"model": "whisper-1"},
             )
-            probes.append((started - killed_at, response.status_code))
+            probes.append((time.monotonic() - killed_at, response.status_code))
+            assert response.status_code in (200, 503), response.text
+            assert response.status_code == 200 or response.headers.get("retry-after")
             if len(probes) >= 3 and all(status == 200 for _, status in probes[-3:]):
                 break
     after = [o for o in outcomes if o.started > killed_at]
-    failures = [o.started - killed_at for o in after if o.status != 200]
-    failures += [t for t, status in probes if status != 200]
-    recovery_s = max(failures, default=0.0)
+    failures = [o.started + o.elapsed_s - killed_at for o in outcomes if o.status != 200]
+    failures += [ended for ended, status in probes if status != 200]
+    recovery_s = max([f for f in failures if f > 0], default=0.0)
     final = wait_for_jobs(url, job_ids)
     rows = asyncio.run(result_rows(database[1], job_ids))
 
     figures = (
         f"two nodes: {len(outcomes)} sync requests under load ({len(after)} after the kill), "
         f"statuses {statuses(outcomes)}, slowest {max(o.elapsed_s for o in outcomes):.1f} s; "
-        f"last refusal {recovery_s:.1f} s after the kill; probes {probes}; "
+        f"last refusal ended {recovery_s:.1f} s after the kill; probes (s after kill, status) "
+        f"{[(round(t, 1), status) for t, status in probes]}; "
         f"jobs {sorted(final.values())}"
     )
     report(figures)
@@ -225,8 +231,7 @@ def test_second_node_fails_under_load(
     no_retry_after = [o for o in outcomes if o.status == 503 and not o.retry_after]
     assert not no_retry_after, f"503 without Retry-After: {no_retry_after[:3]}"
     assert recovery_s < RECOVERY_LIMIT_S, figures
-    assert probes, figures
-    assert probes[-1][1] == 200, figures
+    assert [status for _, status in probes[-3:]] == [200] * 3, figures
     assert whisper_nodes() == [head_id], "the replica left is the head node's"
     assert final == dict.fromkeys(job_ids, "succeeded"), figures
     assert rows == dict.fromkeys(job_ids, 1), "exactly one result row per job"
