@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long bench-models bench-stream clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration cluster fixtures bench bench-long bench-models bench-stream clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ jobs: install-dev
 
 integration: install-dev
 	$(PY) -m pytest tests/integration
+
+## Autoscaling (1 -> 2 -> 1 replicas) and a two-node Ray cluster losing a node (tests/cluster)
+cluster: install-dev
+	$(PY) -m pytest tests/cluster
 
 ## Regenerate the committed speech fixtures (needs Debian's espeak-ng and sox)
 fixtures: install-dev
