@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 
 import pyarrow.fs as pafs
 
+from services.core.s3_storage import s3_filesystem
 from services.core.settings import StorageSettings
 
 S3_SCHEME = "s3://"
@@ -23,20 +23,6 @@ S3_SCHEME = "s3://"
 
 def is_s3(location: str) -> bool:
     return location.startswith(S3_SCHEME)
-
-
-@lru_cache(maxsize=8)
-def _s3(endpoint_url: str | None, region: str | None) -> pafs.S3FileSystem:
-    options: dict[str, object] = {}
-    if endpoint_url:
-        scheme, _, host = endpoint_url.partition("://")
-        options["endpoint_override"] = host.rstrip("/") if host else endpoint_url
-        if host:
-            options["scheme"] = scheme
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
-    return pafs.S3FileSystem(**options)
 
 
 @dataclass(frozen=True)
@@ -65,7 +51,7 @@ def resolve(location: str, storage: StorageSettings) -> Location:
         path = location[len(S3_SCHEME) :].strip("/")
         if not path:
             raise ValueError(f"{location!r} names no bucket; expected s3://bucket/prefix")
-        fs = _s3(storage.s3_endpoint_url, storage.s3_region)
+        fs = s3_filesystem(storage)
         return Location(fs, path, S3_SCHEME + path)
     absolute = os.path.abspath(os.path.expanduser(location))
     return Location(pafs.LocalFileSystem(), absolute, absolute)
