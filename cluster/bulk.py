@@ -36,6 +36,8 @@ from services.transcription.model_files import served_model_id
 
 log = get_logger("cluster.bulk")
 
+LOCAL_START_ATTEMPTS = 3
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -234,8 +236,17 @@ def _connect(ray: Any) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
+        return
+    # A local Ray waits a fixed 30 s for its raylet, which a busy machine can miss: retry.
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            log.warning("bulk_local_ray_start_retried", attempt=attempt, error=str(exc))
+            ray.shutdown()
 
 
 if __name__ == "__main__":
