@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.auth_settings import AuthMode, AuthSettings
+from services.core.storage_settings import StorageSettings as StorageSettings
 
 MIB = 1024 * 1024
 PUBLIC_BIND_ADDRESSES = frozenset({"0.0.0.0", "::", "[::]"})
@@ -237,22 +238,6 @@ class LimitsSettings(BaseModel):
 
     fallback_warning_s: float = Field(default=60.0, gt=0)
     """While Redis is down, limits are counted per process; this is how often that is logged again."""
-
-
-class StorageSettings(BaseModel):
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
-
-    backend: Literal["local", "s3"] = "local"
-    """Where job audio is kept: `local` (under data_dir) or `s3` (any S3-compatible store; needed on several nodes without a shared disk)."""
-
-    s3_endpoint_url: str | None = None
-    """S3-compatible endpoint, e.g. http://minio:9000; unset means AWS. Credentials come from the standard AWS_* environment variables."""
-
-    s3_region: str | None = None
-    """Region of the S3 endpoint (AWS_REGION is used when unset)."""
-
-    s3_audio_prefix: str | None = None
-    """Where job audio goes when backend is `s3`: an s3://bucket/prefix URL (required then)."""
 
 
 class BulkSettings(BaseModel):

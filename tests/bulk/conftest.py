@@ -93,8 +93,39 @@ class RayHead:
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
-    """`ray start --head` on free ports (never 6379), dashboard on, token auth on."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="rsb-", dir="/tmp"))  # short: socket paths
+    """`ray start --head` on free ports (never 6379), dashboard on, token auth on.
+
+    A busy machine can miss the fixed 30 s Ray gives a raylet to come up: then it is
+    started again (its log is kept under the test's tmp dir)."""
+    logs = tmp_path_factory.mktemp("ray-head-logs")
+    data = tmp_path_factory.mktemp("ray-head-data")
+    for attempt in range(1, HEAD_START_ATTEMPTS + 1):
+        head = _start_head(data, logs / f"ray-start-{attempt}.log")
+        try:
+            _wait_for_dashboard(head)
+            break
+        except HeadExitedError:
+            _stop(head)
+            if attempt == HEAD_START_ATTEMPTS:
+                raise
+        except BaseException:
+            _stop(head)
+            raise
+    try:
+        yield head
+    finally:
+        _stop(head)
+
+
+HEAD_START_ATTEMPTS = 3
+
+
+class HeadExitedError(RuntimeError):
+    pass
+
+
+def _start_head(data: Path, log_path: Path) -> RayHead:
+    temp_dir = Path(tempfile.mkdtemp(prefix="rsbh-", dir="/tmp"))  # short: socket paths
     token_path = temp_dir / "token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
@@ -109,29 +140,22 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
         "--node-manager-port": free_port(),
         "--object-manager-port": free_port(),
     }
-    env = base_env(tmp_path_factory.mktemp("ray-head-data"))
+    env = base_env(data)
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    log = (temp_dir / "ray-start.log").open("wb")
     command = [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--num-cpus=2",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}",
         "--disable-usage-stats", *(f"{flag}={port}" for flag, port in ports.items()),
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    head = RayHead(
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return RayHead(
         process,
         temp_dir,
         token_path,
         gcs_address=f"127.0.0.1:{ports['--port']}",
         dashboard_url=f"http://127.0.0.1:{ports['--dashboard-port']}",
     )
-    try:
-        _wait_for_dashboard(head)
-        yield head
-    finally:
-        _stop(head)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_dashboard(head: RayHead, timeout_s: float = 300) -> None:
@@ -139,7 +163,7 @@ def _wait_for_dashboard(head: RayHead, timeout_s: float = 300) -> None:
     headers = {"Authorization": f"Bearer {head.token()}"}
     while time.monotonic() < deadline:
         if head.process.poll() is not None:
-            raise RuntimeError(f"ray start exited with {head.process.returncode}")
+            raise HeadExitedError(f"ray start exited with {head.process.returncode}")
         try:
             # The Jobs API answers only once the dashboard's job module is up.
             if httpx.get(f"{head.dashboard_url}/api/jobs/", headers=headers, timeout=5).is_success:
@@ -162,6 +186,7 @@ def _stop(head: RayHead) -> None:
     for pid in _pids_using(head.temp_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 def _pids_using(temp_dir: Path) -> list[int]:
