@@ -83,6 +83,7 @@ class S3Server:
             region=REGION,
             scheme="http",
             endpoint_override=f"127.0.0.1:{self.port}",
+            allow_bucket_creation=True,
         )
 
     def new_bucket(self, prefix: str = "bucket") -> str:

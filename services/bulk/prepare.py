@@ -31,7 +31,8 @@ from services.transcription.whisper_adapter import speech_clips
 
 log = get_logger(__name__)
 
-_INT16_SCALE = 32767.0
+_INT16_SCALE = 32768.0
+"""The decoder's own scale for 16-bit sources, so their samples survive the trip exactly."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,9 @@ class PackedItem:
 
     @classmethod
     def of(cls, item: WorkItem) -> PackedItem:
-        scaled = np.clip(item.speech, -1.0, 1.0) * _INT16_SCALE
+        scaled = np.clip(np.round(item.speech * _INT16_SCALE), -32768, 32767)
         return cls(
-            speech=np.round(scaled).astype(np.int16),
+            speech=scaled.astype(np.int16),
             pieces=tuple((p.item_offset, p.source_start, p.length) for p in item.pieces),
         )
 
