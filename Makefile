@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration fixtures bench bench-long bench-bulk clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench: install-dev
 ## Long-job benchmark (issue #13): a 20-minute job end to end against the in-process pipeline
 bench-long: install-dev
 	$(PY) benchmarks/long_job.py
+
+## Bulk benchmark (issue #10): 30 min of audio through `python -m cluster.bulk` against the in-process pipeline
+bench-bulk: install-dev
+	$(PY) benchmarks/bulk.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
