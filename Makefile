@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration cluster fixtures bench bench-long bench-models bench-stream clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration cluster fixtures bench bench-long bench-models bench-stream bench-bulk clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,10 @@ bench-long: install-dev
 ## Streaming benchmark (issue #12): time to the first delta of an 8-minute file
 bench-stream: install-dev
 	$(PY) benchmarks/streaming.py
+
+## Bulk benchmark (issue #10): 30 min of audio through `python -m cluster.bulk` against the in-process pipeline
+bench-bulk: install-dev
+	$(PY) benchmarks/bulk.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
