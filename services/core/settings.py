@@ -258,6 +258,21 @@ class BulkSettings(BaseModel):
     allowed_roots: list[str] = []
     """Directories and s3:// prefixes that batches may read from and write to; anything else is refused (403). Empty: no batches over HTTP."""
 
+    ray_address: str | None = None
+    """The Ray cluster's dashboard (Jobs API) address, e.g. http://127.0.0.1:8265, where `POST /v1/batches` submits its Ray job; unset: batches answer 503."""
+
+    ray_token: SecretStr | None = None
+    """Ray's auth token (`ray get-auth-token`) for that cluster (a secret: never logged, never given to clients); unset when the cluster has no token auth."""
+
+    code_dir: str | None = None
+    """Where the rayscribe code lies on the Ray cluster's nodes, put first on the job's PYTHONPATH; unset: what the nodes' Python has installed (the image)."""
+
+    python: str = "python"
+    """The Python the Ray job's entrypoint runs (`<python> -m cluster.bulk ...`), as found on the nodes' PATH."""
+
+    progress_interval_s: float = Field(default=2.0, gt=0)
+    """Least time between two writes of a running batch's counts to its row (the Ray job's driver writes them)."""
+
 
 class DiarizationSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")

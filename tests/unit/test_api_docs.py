@@ -38,6 +38,11 @@ OPERATIONS = {
     ("GET", "/v1/jobs/{job_id}/events"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/{batch_id}"),
+    ("DELETE", "/v1/batches/{batch_id}"),
+    ("GET", "/v1/batches/{batch_id}/logs"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 }
