@@ -3,6 +3,7 @@ reads or writes outside `bulk.allowed_roots` (403), however the path is dressed 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ async def test_outside_the_roots(batches_env: EnvFactory, tmp_path: Path) -> Non
     await _refused(env, input="/etc/passwd")
     # A sibling whose name merely starts like the root is not under it.
     sibling = Path(str(env.roots) + "-evil")
-    sibling.mkdir()
+    await asyncio.to_thread(sibling.mkdir)
     await _refused(env, input=str(sibling))
 
 
