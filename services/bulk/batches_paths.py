@@ -25,7 +25,7 @@ from pathlib import PurePosixPath
 from services.bulk.batches_errors import PathNotAllowedError
 from services.core.errors import InvalidRequestError
 
-MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
+MANIFEST_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet")
 GLOB_CHARS = "*?["
 MAX_LISTED = 200_000
 """Most entries a local input may list at submission (beyond it, refused as too large)."""
