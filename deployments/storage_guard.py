@@ -43,7 +43,8 @@ SPOOL_CUSHION_BYTES = MultiPartParser.spool_max_size
 class StorageGuardMiddleware:
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
-        self.audio_dir = settings.audio_dir
+        # Job audio on S3 takes no local disk: only the multipart spool is checked then.
+        self.audio_dir = settings.audio_dir if settings.storage.backend == "local" else None
         self.guard = DiskGuard(
             reserve_bytes=settings.jobs.disk_reserve_bytes,
             reserve_fraction=settings.jobs.disk_reserve_fraction,
@@ -61,7 +62,7 @@ class StorageGuardMiddleware:
         if declared is not None:
             try:
                 reservation = self.guard.admit(
-                    declared, [spool, self.audio_dir] if stored else [spool]
+                    declared, [spool, self.audio_dir] if stored and self.audio_dir else [spool]
                 )
             except InsufficientStorageError as exc:
                 await error_response(exc)(scope, receive, send)

@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.core.cache import Cache, FallbackCache, MemoryCache, RedisCache, create_cache
 from services.core.db import create_engine, session_factory
+from services.core.s3_storage import S3AudioStorage
 from services.core.settings import Settings
-from services.core.storage import LocalAudioStorage
+from services.core.storage import AudioStorage, LocalAudioStorage
 from services.jobs.runner import JobRunner
 from services.jobs.service import JobsService
 from services.limits.wiring import job_usage_reconciler
@@ -31,7 +32,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
-    storage: LocalAudioStorage
+    storage: AudioStorage
     cache: Cache
     results: ResultCache
     jobs: JobsService
@@ -64,7 +65,7 @@ def build_resources(settings: Settings, *, nudge: Callable[[], None]) -> Resourc
     """`nudge` tells a tracker that new work was queued (the ingress passes its handle's)."""
     engine = create_engine(settings)
     sessions = session_factory(engine)
-    storage = LocalAudioStorage(settings.audio_dir)
+    storage = build_storage(settings)
     memory_max_bytes = settings.cache.memory_max_bytes
     cache = create_cache(settings.redis, memory_max_bytes=memory_max_bytes)
     # Transcripts may fall back to this process's LRU while Redis is down; job status
@@ -90,3 +91,10 @@ def build_resources(settings: Settings, *, nudge: Callable[[], None]) -> Resourc
         nudge=nudge,
     )
     return Resources(settings, engine, sessions, storage, cache, results, jobs)
+
+
+def build_storage(settings: Settings) -> AudioStorage:
+    """Job audio under `data_dir` (one node, or a shared disk) or on S3 (any number of nodes)."""
+    if settings.storage.backend == "s3":
+        return S3AudioStorage.from_settings(settings.storage)
+    return LocalAudioStorage(settings.audio_dir)

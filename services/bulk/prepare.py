@@ -1,0 +1,135 @@
+"""The CPU stage of a bulk run: read one file, hash it, decode it (bounded), find its speech.
+
+Everything up to the model happens here, in one stage, so the decoded float32 audio (about
+230 MB per audio-hour) never travels between stages: what leaves is the speech only, cut
+into the engine's window-sized work items exactly as the online path cuts them (the same
+VAD and `split_into_items`), as 16-bit samples (half the bytes again; far below what the
+model resolves). The engine stage turns them back into `WorkItem`s.
+
+A file that cannot be read or decoded leaves as a row with its error and no items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from services.bulk.objects import FileTooLargeError, read_bytes, resolve
+from services.bulk.rows import error_text
+from services.core.errors import ServiceError
+from services.core.logging import get_logger
+from services.core.settings import BulkSettings, StorageSettings
+from services.transcription.audio import decode_audio
+from services.transcription.domain import SAMPLE_RATE, DecodeOptions, Waveform
+from services.transcription.packing import Piece, WorkItem, split_into_items
+from services.transcription.whisper_adapter import speech_clips
+
+log = get_logger(__name__)
+
+_INT16_SCALE = 32767.0
+
+
+@dataclass(frozen=True)
+class PackedItem:
+    """A work item on its way to the engine stage: speech as int16, where it came from."""
+
+    speech: npt.NDArray[np.int16]
+    pieces: tuple[tuple[int, int, int], ...]
+    """(item_offset, source_start, length) of each piece, in samples."""
+
+    @classmethod
+    def of(cls, item: WorkItem) -> PackedItem:
+        scaled = np.clip(item.speech, -1.0, 1.0) * _INT16_SCALE
+        return cls(
+            speech=np.round(scaled).astype(np.int16),
+            pieces=tuple((p.item_offset, p.source_start, p.length) for p in item.pieces),
+        )
+
+    def work_item(self, decode: DecodeOptions, *, word_timestamps: bool) -> WorkItem:
+        speech: Waveform = self.speech.astype(np.float32) / np.float32(_INT16_SCALE)
+        return WorkItem(
+            speech=speech,
+            pieces=[Piece(*piece) for piece in self.pieces],
+            decode=decode,
+            word_timestamps=word_timestamps,
+            background=True,
+        )
+
+
+def pack_items(items: list[PackedItem]) -> bytes:
+    return pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_items(data: bytes) -> list[PackedItem]:
+    items: list[PackedItem] = pickle.loads(data)  # written by `pack_items` in this run
+    return items
+
+
+def find_items(audio: Waveform, *, word_timestamps: bool) -> list[PackedItem]:
+    """The engine's step 1 without the model: VAD, then window-sized items.
+
+    Decode options are settled in the engine stage (language detection needs the model), so
+    the items carry placeholders here."""
+    clips = speech_clips(audio)
+    items = split_into_items(clips, audio, DecodeOptions(), word_timestamps=word_timestamps)
+    return [PackedItem.of(item) for item in items]
+
+
+class Preparer:
+    """Turns input rows (path, id, options, language, prompt) into prepared rows."""
+
+    def __init__(self, bulk: BulkSettings, storage: StorageSettings) -> None:
+        self._bulk = bulk
+        self._storage = storage
+
+    def prepare(self, row: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": row["path"],
+            "id": row["id"],
+            "options": row["options"],
+            "language": row.get("language"),
+            "prompt": row.get("prompt"),
+            "sha256": None,
+            "duration_s": None,
+            "error": None,
+            "items": None,
+            "speech_samples": None,
+        }
+        try:
+            data = read_bytes(
+                resolve(row["path"], self._storage), max_bytes=self._bulk.max_file_bytes
+            )
+        except FileNotFoundError:
+            out["error"] = error_text("file_not_found", "the input file does not exist")
+            return out
+        except IsADirectoryError:
+            out["error"] = error_text("file_not_found", "the input is not a file")
+            return out
+        except FileTooLargeError as exc:
+            out["error"] = error_text("file_too_large", str(exc))
+            return out
+        except OSError as exc:
+            log.warning("bulk_read_failed", path=row["path"], error=repr(exc))
+            out["error"] = error_text("read_failed", f"the input could not be read ({exc})")
+            return out
+        out["sha256"] = hashlib.sha256(data).hexdigest()
+        try:
+            audio = decode_audio(data, max_duration_s=self._bulk.max_duration_s)
+        except ServiceError as exc:
+            out["error"] = error_text(exc.code or "invalid_audio", exc.message)
+            return out
+        del data
+        out["duration_s"] = round(audio.shape[0] / SAMPLE_RATE, 3)
+        try:
+            items = find_items(audio, word_timestamps=True)
+            out["items"] = pack_items(items)
+            out["speech_samples"] = sum(int(item.speech.shape[0]) for item in items)
+        except Exception as exc:  # VAD on decoded audio failing is a bug, not the file's
+            log.exception("bulk_vad_failed", path=row["path"])
+            out["error"] = error_text("internal_error", f"speech detection failed ({exc!r})")
+        return out
