@@ -80,10 +80,8 @@ def test_a_broken_file_fails_alone(
     app_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files = [str(TEN[0].path), str(FIXTURES / "hostile" / "text.wav"), str(TEN[1].path)]
-    code, out, err = _run(
-        capsys, "transcribe", *files, "--server", app_url, "--format", "json", "--out",
-        str(tmp_path),
-    )  # fmt: skip
+    argv = ["transcribe", *files, "--server", app_url, "--format", "json", "--out", str(tmp_path)]
+    code, _, err = _run(capsys, *argv)
     assert code == 1
     assert "2 of 3 transcribed" in err
     assert "invalid_audio" in err or "HTTP 4" in err

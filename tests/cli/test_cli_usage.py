@@ -62,7 +62,7 @@ USAGE_ERRORS = [
             "2",
         ),
         "--min-workers must not exceed --max-workers",
-    ),  # fmt: skip
+    ),
     (("bulk", "submit", "--input", "/i", "--output", "/o", "--num-gpus", "0"), "above 0"),
     (("bulk", "status"), "required: id"),
     (("bulk", "list", "--state", "done"), "invalid choice"),
