@@ -86,7 +86,7 @@ async def stop_batch(batch_id: str, caller: BulkDep, batches: BatchesServiceDep)
     "/{batch_id}/logs",
     summary="The last lines of the batch's Ray job log",
     response_class=PlainTextResponse,
-    responses={**LOG_RESPONSE, **error_responses(400, 404, 503)},
+    responses={**LOG_RESPONSE, **error_responses(400, 404, 503, by_reference=True)},
 )
 async def batch_logs(
     batch_id: str,

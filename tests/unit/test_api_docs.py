@@ -117,5 +117,12 @@ def test_every_response_shape_and_status_is_declared(app: FastAPI) -> None:
     assert page["schema"]["$ref"].endswith("/JobPage")
     result = _responses(schema, "GET", "/v1/jobs/{job_id}/result")
     assert {"200", "404", "409", "410"} <= set(result)
+    batch = _responses(schema, "POST", "/v1/batches")
+    assert {"201", "400", "403", "429", "503"} <= set(batch)
+    assert batch["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/BatchView")
+    assert "Location" in batch["201"]["headers"]
+    logs = _responses(schema, "GET", "/v1/batches/{batch_id}/logs")
+    assert "text/plain" in logs["200"]["content"]
+    assert logs["404"]["content"]["application/json"]["schema"] == error
     form = schema["components"]["schemas"]["TranscriptionRequest"]["properties"]
     assert {"model", "task", "language", "prompt", "response_format", "temperature"} <= set(form)
