@@ -16,6 +16,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from cluster.ray_jobs import RayJobsClient
+from services.bulk.batches_ray import RayJobs
+from services.bulk.batches_service import BatchesService
 from services.core.db import ping
 from services.core.health import Check, HeldStatus, ReadinessService
 from services.core.settings import Settings
@@ -29,6 +32,7 @@ class IngressResources:
     shared: Resources
     transcription: TranscriptionService
     readiness: ReadinessService
+    batches: BatchesService
 
     @property
     def settings(self) -> Settings:
@@ -49,6 +53,7 @@ def build_ingress_resources(
     *,
     model: Check | None = None,
     jobs: Check | None = None,
+    ray_jobs: RayJobs | None = None,
 ) -> IngressResources:
     """`model` and `jobs` are held states a refresher keeps (the ingress passes them); the
     probe never calls the model replica. Without `model` the transcriber is in-process
@@ -82,7 +87,16 @@ def build_ingress_resources(
             optional=optional,
             timeout_s=READINESS_TIMEOUT_S,
         ),
+        batches=BatchesService(
+            sessions=shared.sessions, settings=settings, ray=ray_jobs or _ray_jobs(settings)
+        ),
     )
+
+
+def _ray_jobs(settings: Settings) -> RayJobs | None:
+    if settings.bulk.ray_address is None:
+        return None
+    return RayJobsClient(settings.bulk.ray_address, settings.bulk.ray_token)
 
 
 def get_resources(request: Request) -> IngressResources:
@@ -105,6 +119,11 @@ def _readiness(resources: _Resources) -> ReadinessService:
     return resources.readiness
 
 
+def _batches(resources: _Resources) -> BatchesService:
+    return resources.batches
+
+
 TranscriptionServiceDep = Annotated[TranscriptionService, Depends(_transcription)]
 JobsServiceDep = Annotated[JobsService, Depends(_jobs)]
 ReadinessServiceDep = Annotated[ReadinessService, Depends(_readiness)]
+BatchesServiceDep = Annotated[BatchesService, Depends(_batches)]

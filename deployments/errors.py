@@ -39,7 +39,8 @@ class ErrorResponse(BaseModel):
 
 STATUS_MEANINGS: dict[int | str, str] = {
     400: "A field or header is missing or wrong; `param` names it.",
-    404: "No such job or model.",
+    403: "The token lacks the role, or a path lies outside the allowed roots.",
+    404: "No such job, batch or model.",
     408: "The request body arrived too slowly and was cut off.",
     409: "The job is not in a state that allows this, or the Idempotency-Key was reused.",
     410: "The job's result or audio was deleted.",

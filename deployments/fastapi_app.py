@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from deployments.api_docs import serve_docs
 from deployments.auth import AuthMiddleware, build_authenticator
-from deployments.controllers import health, jobs, model_list, transcriptions
+from deployments.controllers import batches, health, jobs, model_list, transcriptions
 from deployments.dependencies import IngressResources
 from deployments.errors import install_error_handlers
 from deployments.limits import RateLimited, install_limits
@@ -43,7 +43,7 @@ def create_app(resources: IngressResources) -> FastAPI:
             per_client=server.sse_max_streams_per_client if server.trusted_client_header else None,
         )
     )
-    for router in (transcriptions.router, jobs.router, model_list.router):
+    for router in (transcriptions.router, jobs.router, model_list.router, batches.router):
         app.include_router(router, dependencies=[RateLimited])  # per-user request rate
     app.include_router(health.router)
     install_error_handlers(app)

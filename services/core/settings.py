@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.auth_settings import AuthMode, AuthSettings
+from services.core.bulk_settings import BulkSettings as BulkSettings  # (re-exported)
 from services.core.storage_settings import StorageSettings as StorageSettings
 
 MIB = 1024 * 1024
@@ -238,34 +239,6 @@ class LimitsSettings(BaseModel):
 
     fallback_warning_s: float = Field(default=60.0, gt=0)
     """While Redis is down, limits are counted per process; this is how often that is logged again."""
-
-
-class BulkSettings(BaseModel):
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
-
-    allowed_roots: list[str] = []
-    """Directories and s3:// prefixes that batches may read from and write to; anything else is refused (403). Empty: no batches over HTTP."""
-
-    max_duration_s: float = Field(default=4 * 3600.0, gt=0)
-    """Longest audio one input file of a bulk run may hold; a longer file gets a row with `audio_too_long` (decoding stops at the cap)."""
-
-    max_file_bytes: int = Field(default=1024 * MIB, gt=0)
-    """Largest input file a bulk run reads; a larger one gets a row with `file_too_large`."""
-
-    files_per_call: int = Field(default=16, ge=1)
-    """Input files whose speech the engine packs and decodes together in one call."""
-
-    prepare_num_cpus: float = Field(default=0.25, ge=0)
-    """Logical CPUs each decode/VAD worker of a bulk run asks Ray for (lowered to what is free at start, so a run never waits on CPUs a Serve app holds)."""
-
-    engine_num_cpus: float = Field(default=1.0, ge=0)
-    """Logical CPUs each engine worker of a bulk run asks Ray for (lowered like `prepare_num_cpus`); its threads are `whisper.cpu_threads`."""
-
-    part_max_rows: int = Field(default=1000, ge=1)
-    """A bulk run commits an output part file once it holds this many rows..."""
-
-    part_max_age_s: float = Field(default=30.0, gt=0)
-    """...or once its oldest row waited this long: at most this much finished work is redone after a kill."""
 
 
 class DiarizationSettings(BaseModel):

@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import services.bulk.batches_tables  # the batches table, registered like the jobs tables
 import services.jobs.tables  # noqa: F401  (registers the tables on Base.metadata)
 from services.core.db import Base
 

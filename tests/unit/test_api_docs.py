@@ -39,6 +39,11 @@ OPERATIONS = {
     ("GET", "/v1/jobs/{job_id}/events"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/{batch_id}"),
+    ("DELETE", "/v1/batches/{batch_id}"),
+    ("GET", "/v1/batches/{batch_id}/logs"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 }
@@ -114,5 +119,12 @@ def test_every_response_shape_and_status_is_declared(app: FastAPI) -> None:
     assert page["schema"]["$ref"].endswith("/JobPage")
     result = _responses(schema, "GET", "/v1/jobs/{job_id}/result")
     assert {"200", "404", "409", "410"} <= set(result)
+    batch = _responses(schema, "POST", "/v1/batches")
+    assert {"201", "400", "403", "429", "503"} <= set(batch)
+    assert batch["201"]["content"]["application/json"]["schema"]["$ref"].endswith("/BatchView")
+    assert "Location" in batch["201"]["headers"]
+    logs = _responses(schema, "GET", "/v1/batches/{batch_id}/logs")
+    assert "text/plain" in logs["200"]["content"]
+    assert logs["404"]["content"]["application/json"]["schema"] == error
     form = schema["components"]["schemas"]["TranscriptionRequest"]["properties"]
     assert {"model", "task", "language", "prompt", "response_format", "temperature"} <= set(form)
