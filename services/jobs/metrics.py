@@ -62,7 +62,7 @@ class JobMetricsRepository(Repository):
     async def batches_by_state(self) -> dict[str, int]:
         """Bulk batches (issue 10's `batches` table); raises while that table is absent."""
         rows = await self.session.execute(
-            text("SELECT status, count(*) FROM batches GROUP BY status")
+            text("SELECT state, count(*) FROM batches GROUP BY state")
         )
         return {str(status): int(count) for status, count in rows.all()}
 
