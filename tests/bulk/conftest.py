@@ -100,9 +100,10 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     logs = tmp_path_factory.mktemp("ray-head-logs")
     data = tmp_path_factory.mktemp("ray-head-data")
     for attempt in range(1, HEAD_START_ATTEMPTS + 1):
-        head = _start_head(data, logs / f"ray-start-{attempt}.log")
+        log_path = logs / f"ray-start-{attempt}.log"
+        head = _start_head(data, log_path)
         try:
-            _wait_for_dashboard(head)
+            _wait_for_dashboard(head, log_path)
             break
         except HeadExitedError:
             _stop(head)
@@ -158,12 +159,17 @@ def _start_head(data: Path, log_path: Path) -> RayHead:
     )
 
 
-def _wait_for_dashboard(head: RayHead, timeout_s: float = 300) -> None:
+def _wait_for_dashboard(head: RayHead, log_path: Path, timeout_s: float = 300) -> None:
+    """Up means `ray start` finished (its raylet registered: it says it now blocks) and the
+    Jobs API answers. The dashboard alone can answer while the raylet is still failing."""
     deadline = time.monotonic() + timeout_s
     headers = {"Authorization": f"Bearer {head.token()}"}
     while time.monotonic() < deadline:
         if head.process.poll() is not None:
             raise HeadExitedError(f"ray start exited with {head.process.returncode}")
+        if b"will now block forever" not in log_path.read_bytes():
+            time.sleep(1)
+            continue
         try:
             # The Jobs API answers only once the dashboard's job module is up.
             if httpx.get(f"{head.dashboard_url}/api/jobs/", headers=headers, timeout=5).is_success:
