@@ -245,7 +245,7 @@ class DiarizationSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     enabled: bool = False
-    """Serve speaker labels (`response_format=diarized_json`); needs the `rayscribe[diarization]` extra. Experimental."""
+    """Reserved for speaker labels (`response_format=diarized_json`), which are not in this release yet: the setting has no effect."""
 
 
 class LoggingSettings(BaseModel):
