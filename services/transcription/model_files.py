@@ -106,6 +106,8 @@ def _atomic_copy(sources: list[Path], destination: Path) -> None:
                     shutil.copyfileobj(src, out, _COPY_CHUNK_BYTES)
             out.flush()
             os.fsync(out.fileno())
+        # mkstemp makes the file private (0600); a model is read by other users' replicas.
+        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, destination)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

