@@ -9,7 +9,7 @@ from deployments.auth import AuthMiddleware, build_authenticator
 from deployments.controllers import batches, health, jobs, model_list, transcriptions
 from deployments.dependencies import IngressResources
 from deployments.errors import install_error_handlers
-from deployments.limits import RateLimited, install_limits
+from deployments.limits import RequestRateMiddleware, install_limits
 from deployments.middleware import (
     BodyLimitMiddleware,
     RequestContextMiddleware,
@@ -44,8 +44,8 @@ def create_app(resources: IngressResources) -> FastAPI:
         )
     )
     for router in (transcriptions.router, jobs.router, model_list.router, batches.router):
-        app.include_router(router, dependencies=[RateLimited])  # per-user request rate
-    app.include_router(health.router)
+        app.include_router(router)
+    app.include_router(health.router)  # probes: never rate-limited (`/v1/*` only)
     install_error_handlers(app)
     app.add_middleware(StorageGuardMiddleware, settings=resources.settings)
     # The one check of the upload size: the whole body, counted as it streams in.
@@ -66,6 +66,9 @@ def create_app(resources: IngressResources) -> FastAPI:
         min_rate_bytes_s=server.min_upload_rate_bytes_s,
         window_s=server.slow_body_window_s,
     )
+    # Per-user request rate: inside authentication (which names the user), outside
+    # everything that reads the body, so a refused upload is not read.
+    app.add_middleware(RequestRateMiddleware, limits=lambda: app.state.limits)
     # Inside the request context (its refusals carry the request id), outside everything
     # that reads the body: an unauthenticated upload is refused before it is read.
     app.add_middleware(AuthMiddleware, authenticator=app.state.auth)

@@ -1,8 +1,9 @@
 """Limits at the HTTP edge: per-user request rate, audio-seconds, job quotas, and CORS.
 
 `install_limits` hangs one `EdgeLimits` on the app (per ingress replica; the counts live in
-Redis, so replicas share them) and adds the CORS middleware. Routes take the parts through
-the dependencies below; the caller is the `Principal` of deployments/auth.py.
+Redis, so replicas share them) and adds the CORS middleware. The request rate is a
+middleware (`RequestRateMiddleware`); routes take the other parts through the dependencies
+below; the caller is the `Principal` of deployments/auth.py.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, BinaryIO, TypeVar
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.auth import PrincipalDep
+from deployments.errors import error_response
+from services.auth.principal import ANONYMOUS, Principal
 from services.core.health import ReadinessService
 from services.core.settings import Settings
 from services.limits.errors import RateLimitExceededError, limit_headers
@@ -67,23 +72,43 @@ def _limits(request: Request) -> EdgeLimits:
     return limits
 
 
-async def rate_limited(request: Request, response: Response, principal: PrincipalDep) -> None:
-    """A router dependency: one request from this user, or 429 with the RateLimit headers."""
-    limiter = _limits(request).limiter
-    quota = limiter.quota(Kind.REQUESTS)
-    decision = await limiter.take(Kind.REQUESTS, principal.limit_key)
-    if quota is None or decision is None:
-        return
-    if not decision.allowed:
-        raise RateLimitExceededError(
-            f"Too many requests: at most {decision.limit:g} per {quota.period_s:g} s; "
-            "retry after the time in the Retry-After header.",
-            decision,
-        )
-    response.headers.update(limit_headers(decision.limit, decision.remaining, decision.reset_s))
+class RequestRateMiddleware:
+    """The per-user request rate on `/v1/*`, checked before the route reads the body: a
+    refused client has sent its headers and nothing more (a route dependency would run only
+    after FastAPI had read the whole upload). Sits inside `AuthMiddleware`, which names the
+    caller; probes (`/healthz`, `/readyz`) are never limited."""
 
+    def __init__(self, app: ASGIApp, limits: Callable[[], EdgeLimits]) -> None:
+        self.app = app
+        self.limits = limits
 
-RateLimited = Depends(rate_limited)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        limiter = self.limits().limiter
+        quota = limiter.quota(Kind.REQUESTS)
+        principal: Principal = scope.get("state", {}).get("principal", ANONYMOUS)
+        decision = await limiter.take(Kind.REQUESTS, principal.limit_key)
+        if quota is None or decision is None:
+            await self.app(scope, receive, send)
+            return
+        if not decision.allowed:
+            refusal = RateLimitExceededError(
+                f"Too many requests: at most {decision.limit:g} per {quota.period_s:g} s; "
+                "retry after the time in the Retry-After header.",
+                decision,
+            )
+            await error_response(refusal)(scope, receive, send)
+            return
+        headers = limit_headers(decision.limit, decision.remaining, decision.reset_s)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(headers)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _sync_audio(request: Request, principal: PrincipalDep) -> Callable[[float], Awaitable[None]]:

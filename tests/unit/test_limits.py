@@ -276,3 +276,35 @@ async def test_no_cors_headers_by_default(app_client: Any) -> None:
     async with await app_client() as client:
         answer = await client.get("/v1/models", headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in answer.headers
+
+
+async def test_a_rate_limited_upload_is_refused_before_its_body_is_read(
+    app_client: Any, settings: Settings
+) -> None:
+    """The request rate is checked from the headers: a client over it learns so at once,
+    and the service reads none of the (here 6.4 MB) upload it would throw away."""
+    sent: list[int] = []
+
+    async def body() -> Any:
+        for _ in range(100):
+            sent.append(1)
+            yield b"x" * 65536
+
+    limits = settings.limits.model_copy(
+        update={"requests_per_minute": 1, "requests_period_s": 600.0}
+    )
+    async with await app_client(limits=limits) as client:
+        first = await client.get("/v1/models")
+        refused = await client.post(
+            "/v1/audio/transcriptions",
+            content=body(),
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        )
+        probe = await client.get("/healthz")
+    assert first.status_code == 200
+    assert first.headers["RateLimit-Remaining"] == "0"
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert len(sent) <= 1  # at most the chunk the transport hands over with the headers
+    assert probe.status_code == 200
