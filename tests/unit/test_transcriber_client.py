@@ -24,11 +24,45 @@ class _FailingMethod:
         raise self.error
 
 
+class _FailingStream:
+    """A streamed response that yields one event, then fails; records its cancel."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.cancelled = False
+
+    def __aiter__(self) -> "_FailingStream":
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> str:
+        if self._sent:
+            raise self.error
+        self._sent = True
+        return "first"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _StreamMethod:
+    def __init__(self, stream: _FailingStream) -> None:
+        self.stream = stream
+
+    def remote(self, *args: Any) -> _FailingStream:
+        return self.stream
+
+
 class _Handle:
     """Stands in for a DeploymentHandle whose calls fail the way Serve's do."""
 
     def __init__(self, error: Exception) -> None:
         self.transcribe = _FailingMethod(error)
+        self.detect_languages = _FailingMethod(error)
+        self.transcribe_stream = _StreamMethod(_FailingStream(error))
+
+    def options(self, **_: Any) -> "_Handle":
+        return self
 
 
 async def test_backpressure_becomes_503_with_retry_after() -> None:
@@ -44,6 +78,32 @@ async def test_a_dead_replica_becomes_503() -> None:
     with pytest.raises(UnavailableError) as caught:
         await client.transcribe(np.zeros(10, dtype=np.float32), TranscriptionOptions())
     assert caught.value.status_code == 503
+
+
+async def _drain(client: ServeTranscriber, into: list[Any]) -> None:
+    stream = client.transcribe_stream(np.zeros(10, dtype=np.float32), TranscriptionOptions())
+    async for event in stream:
+        into.append(event)
+
+
+async def test_every_call_maps_serve_failures_the_same_way() -> None:
+    """Language detection and the stream (after its first event) map both failures too,
+    and the stream is cancelled on the replica when it fails."""
+    audio = np.zeros(10, dtype=np.float32)
+    for error, expected in (
+        (BackPressureError(128, 128), OverloadedError),
+        (ActorDiedError(), UnavailableError),
+    ):
+        handle = _Handle(error)
+        client = ServeTranscriber(handle)  # type: ignore[arg-type]
+        with pytest.raises(expected):
+            await client.detect_languages(audio)
+        got: list[Any] = []
+        with pytest.raises(expected) as caught:
+            await _drain(client, got)
+        assert got == ["first"]
+        assert caught.value.status_code == 503
+        assert handle.transcribe_stream.stream.cancelled
 
 
 def _whisper_deployment() -> dict[str, Any]:
