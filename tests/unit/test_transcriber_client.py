@@ -130,6 +130,32 @@ def test_serve_config_batches_can_fill_within_max_ongoing_requests() -> None:
     )
 
 
+def _as_serve_applies(entry: dict[str, Any]) -> Any:
+    """The Whisper deployment's config once Serve has applied a serve_config.yaml entry to
+    the code's defaults (the controller's own merge function, run without a cluster)."""
+    from ray.serve._private.application_state import override_deployment_info
+    from ray.serve._private.deployment_info import DeploymentInfo
+    from ray.serve.schema import ServeApplicationSchema
+
+    deployment: Any = WhisperTranscriber
+    code = DeploymentInfo(deployment._deployment_config, deployment._replica_config, 0, "")
+    app = ServeApplicationSchema(import_path="deployments.app:build_app", deployments=[entry])
+    return override_deployment_info({"WhisperTranscriber": code}, app)["WhisperTranscriber"]
+
+
+def test_a_config_entry_num_replicas_is_not_overridden_by_code_autoscaling() -> None:
+    """The builder bug: a code default `autoscaling_config` outlived an entry's
+    `num_replicas`, so `num_replicas: 2` ran one replica. Now the entry's number wins, an
+    entry's autoscaling_config still autoscales, and an entry without either runs one."""
+    fixed = _as_serve_applies({"name": "WhisperTranscriber", "num_replicas": 2})
+    assert fixed.deployment_config.num_replicas == 2
+    assert fixed.deployment_config.autoscaling_config is None
+    shipped = _as_serve_applies(_whisper_deployment()).deployment_config.autoscaling_config
+    assert (shipped.min_replicas, shipped.max_replicas) == (1, 1)
+    bare = _as_serve_applies({"name": "WhisperTranscriber"}).deployment_config
+    assert (bare.num_replicas, bare.autoscaling_config) == (1, None)
+
+
 def test_batching_config_refuses_unknown_keys_and_bad_values_clearly() -> None:
     with pytest.raises(ValueError, match="max_batch_size: Extra inputs are not permitted") as e:
         BatchingConfig.from_user_config({"max_batch_size": 4})
