@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.bulk.batches_tables import BATCH_ACTIVE, BATCH_FINISHED, Batch, BatchState
@@ -44,6 +44,11 @@ class BatchRepository:
         return await newest_first(
             self.session, query, Batch.created_at, Batch.id, limit=limit, cursor=cursor
         )
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many batches are in each state (states with none are left out)."""
+        rows = await self.session.execute(select(Batch.state, func.count()).group_by(Batch.state))
+        return {str(state): int(count) for state, count in rows.all()}
 
     async def _update(self, condition: Any, **values: Any) -> bool:
         changed = await self.session.execute(
