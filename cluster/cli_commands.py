@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,28 @@ def _print(args: argparse.Namespace, out: Console, data: Any, table: Table | Non
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         out.print(table)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What `submit`/`status` need to know of a resource: where it lives, which field holds
+    its state and which states are final, and how to show and judge one."""
+
+    path: str
+    field: str
+    finished: tuple[str, ...]
+    table: Callable[[dict[str, Any]], Table]
+    failed: Callable[[dict[str, Any]], bool]
+
+
+def _show(
+    api: Api, args: argparse.Namespace, out: Console, kind: _Kind, item: dict[str, Any]
+) -> int:
+    """Print one job or batch (after waiting for it to finish with `--wait`); 1 if it failed."""
+    if args.wait:
+        item = _wait(api, f"{kind.path}/{item['id']}", kind.field, kind.finished, args, out)
+    _print(args, out, item, kind.table(item))
+    return 1 if kind.failed(item) else 0
 
 
 def _fields_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -62,6 +86,9 @@ def job_failed(job: dict[str, Any]) -> bool:
     return job.get("status") in ("failed", "cancelled")
 
 
+JOBS = _Kind("/v1/jobs", "status", FINISHED_JOB, _job_table, job_failed)
+
+
 def jobs_command(args: argparse.Namespace, target: Target, out: Console) -> int:
     with Api(target) as api:
         if args.action == "submit":
@@ -74,16 +101,9 @@ def jobs_command(args: argparse.Namespace, target: Target, out: Console) -> int:
                 job = api.json(
                     "POST", "/v1/jobs", files={"file": (file.name, f)}, data=fields, headers=headers
                 )
-            if args.wait:
-                job = _wait(api, f"/v1/jobs/{job['id']}", "status", FINISHED_JOB, args, out)
-            _print(args, out, job, _job_table(job))
-            return 1 if job_failed(job) else 0
+            return _show(api, args, out, JOBS, job)
         if args.action == "status":
-            job = api.json("GET", f"/v1/jobs/{args.id}")
-            if args.wait:
-                job = _wait(api, f"/v1/jobs/{args.id}", "status", FINISHED_JOB, args, out)
-            _print(args, out, job, _job_table(job))
-            return 1 if job_failed(job) else 0
+            return _show(api, args, out, JOBS, api.json("GET", f"/v1/jobs/{args.id}"))
         if args.action == "result":
             params = {"response_format": args.format} if args.format else {}
             text = api.call("GET", f"/v1/jobs/{args.id}/result", params=params).text
@@ -205,22 +225,18 @@ def _batch_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+BATCHES = _Kind("/v1/batches", "state", FINISHED_BATCH, _batch_table, batch_failed)
+
+
 def bulk_command(args: argparse.Namespace, target: Target, out: Console) -> int:
     with Api(target) as api:
         if args.action == "submit":
             body = {"input": args.input, "output": args.output, "options": _batch_options(args)}
             batch = api.json("POST", "/v1/batches", json=body)
             out.print(f"submitted batch {batch['id']} (Ray job {batch['ray_job_id']})")
-            if args.wait:
-                batch = _wait(api, f"/v1/batches/{batch['id']}", "state", FINISHED_BATCH, args, out)
-            _print(args, out, batch, _batch_table(batch))
-            return 1 if batch_failed(batch) else 0
+            return _show(api, args, out, BATCHES, batch)
         if args.action == "status":
-            batch = api.json("GET", f"/v1/batches/{args.id}")
-            if args.wait:
-                batch = _wait(api, f"/v1/batches/{args.id}", "state", FINISHED_BATCH, args, out)
-            _print(args, out, batch, _batch_table(batch))
-            return 1 if batch_failed(batch) else 0
+            return _show(api, args, out, BATCHES, api.json("GET", f"/v1/batches/{args.id}"))
         if args.action == "list":
             page = api.json("GET", "/v1/batches", params=_page_params(args, "state"))
             _print(args, out, page, _batches_list(page))

@@ -9,6 +9,7 @@ rides out a busy server instead of losing files. The token travels only in the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,17 @@ def _retry_after_s(response: httpx.Response, attempt: int) -> float | None:
         return None
 
 
+def _wait_before_retry(response: httpx.Response, attempt: int) -> float | None:
+    """None when `response` is the answer (a success); else the seconds to wait before
+    attempt `attempt + 1`. Raises the server's error when no retry is due."""
+    if response.is_success:
+        return None
+    wait = _retry_after_s(response, attempt)
+    if wait is None:
+        raise _error_of(response)
+    return wait
+
+
 def _unreachable(target: Target, exc: Exception) -> ApiError:
     return ApiError(None, f"cannot reach {target.server}: {exc.__class__.__name__}: {exc}")
 
@@ -90,19 +102,16 @@ class Api:
         self._client.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 response = self._client.request(method, path, **kwargs)
             except httpx.HTTPError as exc:
                 raise _unreachable(self.target, exc) from exc
-            if response.is_success:
-                return response
-            wait = _retry_after_s(response, attempt)
+            wait = _wait_before_retry(response, attempt)
             if wait is None:
-                raise _error_of(response)
-            attempt += 1
+                return response
             time.sleep(wait)
+        raise AssertionError("unreachable")
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.call(method, path, **kwargs).json()
@@ -124,18 +133,15 @@ class AsyncApi:
     async def post_file(
         self, path: str, file_name: str, data: bytes, fields: dict[str, str]
     ) -> httpx.Response:
-        attempt = 0
-        while True:
+        for attempt in itertools.count():
             try:
                 response = await self._client.post(
                     path, files={"file": (file_name, data)}, data=fields
                 )
             except httpx.HTTPError as exc:
                 raise _unreachable(self.target, exc) from exc
-            if response.is_success:
-                return response
-            wait = _retry_after_s(response, attempt)
+            wait = _wait_before_retry(response, attempt)
             if wait is None:
-                raise _error_of(response)
-            attempt += 1
+                return response
             await asyncio.sleep(wait)
+        raise AssertionError("unreachable")

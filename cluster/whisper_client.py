@@ -6,7 +6,8 @@ imports the deployment itself (`cluster/` never imports from `deployments/`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -19,11 +20,28 @@ from services.transcription.domain import Transcript, TranscriptionOptions, Wave
 from services.transcription.streaming import StreamEvent
 
 
+@contextmanager
+def serve_errors() -> Iterator[None]:
+    """Serve's failures as service errors, both 503 with `Retry-After`: a full queue
+    (`BackPressureError`, which Serve would otherwise show as a 500) and a replica that
+    died mid-request (`RayActorError`)."""
+    try:
+        yield
+    except BackPressureError as exc:
+        raise OverloadedError(
+            "The transcription service is at capacity; retry shortly.", retry_after_s=2
+        ) from exc
+    except RayActorError as exc:
+        raise UnavailableError(
+            "The transcription replica stopped while handling the request; retry it.",
+            retry_after_s=2,
+        ) from exc
+
+
 class ServeTranscriber:
     """The services' `Transcriber` protocol over a handle to `WhisperTranscriber`.
 
-    Maps Serve's failures to service errors: a full queue is 503 with `Retry-After`, not
-    the 500 Serve would otherwise show; a replica that died mid-request is 503 too.
+    Every call maps Serve's failures to service errors through `serve_errors`.
     """
 
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
@@ -33,19 +51,10 @@ class ServeTranscriber:
         self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
     ) -> Transcript:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
+        with serve_errors():
             transcript: Transcript = await self._handle.transcribe.remote(
                 audio, options, request_id, background
             )
-        except BackPressureError as exc:
-            raise OverloadedError(
-                "The transcription service is at capacity; retry shortly.", retry_after_s=2
-            ) from exc
-        except RayActorError as exc:
-            raise UnavailableError(
-                "The transcription replica stopped while handling the request; retry it.",
-                retry_after_s=2,
-            ) from exc
         return transcript
 
     async def transcribe_stream(
@@ -58,35 +67,18 @@ class ServeTranscriber:
             stream=True
         ).transcribe_stream.remote(audio, options, request_id, False)
         try:
-            async for event in stream:
-                yield event
-        except BackPressureError as exc:
-            raise OverloadedError(
-                "The transcription service is at capacity; retry shortly.", retry_after_s=2
-            ) from exc
-        except RayActorError as exc:
-            raise UnavailableError(
-                "The transcription replica stopped while handling the request; retry it.",
-                retry_after_s=2,
-            ) from exc
+            with serve_errors():
+                async for event in stream:
+                    yield event
         finally:
             stream.cancel()  # type: ignore[no-untyped-call]
 
     async def detect_languages(self, audio: Waveform) -> list[tuple[str, float]]:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
+        with serve_errors():
             ranked: list[tuple[str, float]] = await self._handle.detect_languages.remote(
                 audio, request_id
             )
-        except BackPressureError as exc:
-            raise OverloadedError(
-                "The transcription service is at capacity; retry shortly.", retry_after_s=2
-            ) from exc
-        except RayActorError as exc:
-            raise UnavailableError(
-                "The transcription replica stopped while handling the request; retry it.",
-                retry_after_s=2,
-            ) from exc
         return ranked
 
     async def ready(self) -> bool:

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from cluster.ray_jobs import RayJobsClient
 from services.bulk.batches_ray import RayJobs
 from services.bulk.batches_service import BatchesService
 from services.core.db import ping
 from services.core.health import Check, HeldStatus, ReadinessService
+from services.core.paging import MAX_PAGE
 from services.core.settings import Settings
 from services.jobs.service import JobsService
 from services.resources import Resources
@@ -127,3 +128,20 @@ TranscriptionServiceDep = Annotated[TranscriptionService, Depends(_transcription
 JobsServiceDep = Annotated[JobsService, Depends(_jobs)]
 ReadinessServiceDep = Annotated[ReadinessService, Depends(_readiness)]
 BatchesServiceDep = Annotated[BatchesService, Depends(_batches)]
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """The paging query parameters every list route takes."""
+
+    limit: int
+    cursor: str | None
+
+
+def _page_query(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20, cursor: str | None = None
+) -> PageQuery:
+    return PageQuery(limit=limit, cursor=cursor)
+
+
+PageDep = Annotated[PageQuery, Depends(_page_query)]

@@ -31,9 +31,42 @@ from services.limits.bind import PublicBindRefusedError, bind_host, check_bind
 COMMANDS = ("run", "deploy", "check")
 
 
+USAGE = f"usage: serve_launch {{{'|'.join(COMMANDS)}}} CONFIG [serve options]"
+
+
+class BadConfigError(ValueError):
+    """The config file is missing, unreadable, not YAML, or not a mapping."""
+
+
+def load_config(config_path: Path) -> dict[str, Any]:
+    """The parsed config file; raises BadConfigError saying what is wrong with it."""
+    try:
+        text = config_path.read_text()
+    except FileNotFoundError as exc:
+        raise BadConfigError(f"config file not found: {config_path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadConfigError(f"cannot read config file {config_path}: {exc}") from exc
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise BadConfigError(f"config file {config_path} is not valid YAML{at}: {problem}") from exc
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise BadConfigError(
+            f"config file {config_path} must be a mapping (a Serve config with "
+            f"`applications:`), got a {type(config).__name__}"
+        )
+    return config
+
+
 def resolve(config_path: Path, settings: Settings) -> tuple[dict[str, Any], str]:
-    """The config with the decided host, and that host; raises when the guard refuses."""
-    config: dict[str, Any] = yaml.safe_load(config_path.read_text()) or {}
+    """The config with the decided host, and that host; raises when the guard refuses
+    (PublicBindRefusedError) or the file is bad (BadConfigError)."""
+    config = load_config(config_path)
     host = bind_host(config, settings)
     warning = check_bind(host, settings)
     if warning is not None:
@@ -44,12 +77,24 @@ def resolve(config_path: Path, settings: Settings) -> tuple[dict[str, Any], str]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] not in COMMANDS:
-        print(
-            f"usage: serve_launch {{{'|'.join(COMMANDS)}}} CONFIG [serve options]", file=sys.stderr
-        )
+    """Exit codes: 2 for bad usage or a bad config file, 1 when the settings or the bind
+    guard refuse; `run`/`deploy` replace this process with `serve`."""
+    if not argv:
+        print(f"missing command and config\n{USAGE}", file=sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        expected = ", ".join(COMMANDS)
+        print(f"unknown command {argv[0]!r}: expected one of {expected}\n{USAGE}", file=sys.stderr)
+        return 2
+    if len(argv) < 2:
+        print(f"missing config file after {argv[0]!r}\n{USAGE}", file=sys.stderr)
         return 2
     command, config_path, rest = argv[0], Path(argv[1]), argv[2:]
+    try:
+        load_config(config_path)  # before the settings: a bad file is the first thing to say
+    except BadConfigError as exc:
+        print(f"refusing to start: {exc}", file=sys.stderr)
+        return 2
     try:
         settings = Settings()
     except ValidationError as exc:  # e.g. AUTH__MODE=off outside dev; never echo the values

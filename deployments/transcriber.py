@@ -62,18 +62,17 @@ def deployment_name(model: ServedModel) -> str:
 
 # Defaults only, the same as serve_config.yaml's `WhisperTranscriber` entry: a served model
 # without an entry of its own runs like the default one. The config overrides any of them.
+# The replica count is deliberately not an `autoscaling_config` here (the shipped entry's
+# autoscaling_config is min = max = 1, i.e. one replica): a code default of autoscaling
+# would outlive an entry's `num_replicas` (Serve keeps an autoscaling config from the code
+# and then ignores the number), so `num_replicas: 2` in a config would silently run one
+# replica. With Serve's fixed single replica as the default, an entry's explicit
+# `num_replicas` wins, and an entry's `autoscaling_config` turns autoscaling on; Serve
+# itself refuses an entry that sets both.
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     max_ongoing_requests=32,
     max_queued_requests=128,
-    autoscaling_config={
-        "min_replicas": 1,
-        "initial_replicas": 1,
-        "max_replicas": 1,
-        "target_ongoing_requests": 16,
-        "upscale_delay_s": 30,
-        "downscale_delay_s": 600,
-    },
     graceful_shutdown_timeout_s=60,
     health_check_period_s=10,
     health_check_timeout_s=30,

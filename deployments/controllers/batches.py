@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from deployments.auth import require
-from deployments.dependencies import BatchesServiceDep
+from deployments.dependencies import BatchesServiceDep, PageDep
 from deployments.errors import error_responses
 from services.auth.principal import Principal, Role
 from services.bulk.batches_models import BatchPage, BatchRequest, BatchView
@@ -57,11 +57,12 @@ async def submit_batch(
 async def list_batches(
     caller: BulkDep,
     batches: BatchesServiceDep,
+    page: PageDep,
     state: BatchState | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
 ) -> BatchPage:
-    return await batches.page(owner=caller.visible_owner, state=state, limit=limit, cursor=cursor)
+    return await batches.page(
+        owner=caller.visible_owner, state=state, limit=page.limit, cursor=page.cursor
+    )
 
 
 @router.get(

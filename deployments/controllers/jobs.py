@@ -16,7 +16,7 @@ from deployments.controllers.forms import (
     RequestForm,
 )
 from deployments.controllers.transcriptions import rendered_response
-from deployments.dependencies import JobsServiceDep, TranscriptionServiceDep
+from deployments.dependencies import JobsServiceDep, PageDep, TranscriptionServiceDep
 from deployments.errors import error_responses
 from deployments.limits import JobAdmissionDep
 from services.core.errors import InvalidRequestError
@@ -87,11 +87,12 @@ async def submit_job(
 async def list_jobs(
     caller: TranscriberDep,
     jobs: JobsServiceDep,
+    page: PageDep,
     status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
 ) -> JobPage:
-    return await jobs.page(owner=caller.visible_owner, status=status, limit=limit, cursor=cursor)
+    return await jobs.page(
+        owner=caller.visible_owner, status=status, limit=page.limit, cursor=page.cursor
+    )
 
 
 @router.get("/{job_id}", summary="A job's status and progress", responses=error_responses(404))

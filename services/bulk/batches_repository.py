@@ -7,21 +7,14 @@ the Ray job's driver writes only grow.
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.bulk.batches_tables import BATCH_ACTIVE, BATCH_FINISHED, Batch, BatchState
-from services.jobs.repository import decode_cursor
-
-
-def encode_cursor(batch: Batch) -> str:
-    """The same shape as the jobs list's cursor: (created_at, id) of the last row."""
-    raw = f"{batch.created_at.isoformat()}|{batch.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+from services.core.paging import newest_first
 
 
 class BatchRepository:
@@ -48,21 +41,14 @@ class BatchRepository:
             query = query.where(Batch.owner == owner)
         if state is not None:
             query = query.where(Batch.state == state)
-        if cursor is not None:
-            created_at, batch_id = decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    Batch.created_at < created_at,
-                    and_(Batch.created_at == created_at, Batch.id < batch_id),
-                )
-            )
-        rows = list(
-            await self.session.scalars(
-                query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
-            )
+        return await newest_first(
+            self.session, query, Batch.created_at, Batch.id, limit=limit, cursor=cursor
         )
-        next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-        return rows[:limit], next_cursor
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many batches are in each state (states with none are left out)."""
+        rows = await self.session.execute(select(Batch.state, func.count()).group_by(Batch.state))
+        return {str(state): int(count) for state, count in rows.all()}
 
     async def _update(self, condition: Any, **values: Any) -> bool:
         changed = await self.session.execute(

@@ -28,13 +28,12 @@ from services.core.clock import utcnow
 from services.core.db import transaction
 from services.core.errors import InvalidRequestError
 from services.core.logging import get_logger
+from services.core.paging import check_page
 from services.core.settings import Settings
-from services.jobs.repository import decode_cursor
 from services.limits.usage import AudioMeter
 
 log = get_logger(__name__)
 
-MAX_PAGE = 100
 MAX_LOG_LINES = 10_000
 SUBMISSION_PREFIX = "rayscribe-batch-"
 MAX_ERROR_CHARS = 2000
@@ -143,17 +142,7 @@ class BatchesService:
     async def page(
         self, *, owner: str | None, state: BatchState | None, limit: int, cursor: str | None
     ) -> BatchPage:
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequestError(f"limit must be 1 to {MAX_PAGE}, got {limit}.", param="limit")
-        if cursor is not None:
-            try:
-                decode_cursor(cursor)
-            except ValueError as exc:
-                raise InvalidRequestError(
-                    "cursor is not one this API returned; pass the next_cursor of a page.",
-                    param="cursor",
-                    code="invalid_value",
-                ) from exc
+        check_page(limit, cursor)
         async with transaction(self._sessions) as session:
             rows, next_cursor = await BatchRepository(session).page(
                 owner=owner, state=state, limit=limit, cursor=cursor

@@ -51,26 +51,34 @@ class UnsupportedMediaTypeError(ServiceError):
     error_type = "invalid_request_error"
 
 
-class OverloadedError(ServiceError):
+class RetryLaterError(ServiceError):
+    """A refusal that tells the client when to come back: `Retry-After: retry_after_s`
+    (the class's `default_retry_after_s` unless the raiser knows better)."""
+
+    default_retry_after_s: ClassVar[int] = 5
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after_s: int | None = None
+    ) -> None:
+        seconds = self.default_retry_after_s if retry_after_s is None else retry_after_s
+        super().__init__(message, code=code, headers={"Retry-After": str(seconds)})
+
+
+class OverloadedError(RetryLaterError):
     """The system is at capacity; the client should retry after `retry_after_s`."""
 
     status_code = 503
     error_type = "server_error"
     default_code = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    default_retry_after_s = 1
 
 
-class UnavailableError(ServiceError):
+class UnavailableError(RetryLaterError):
     """A dependency the request needs is down."""
 
     status_code = 503
     error_type = "server_error"
     default_code = "unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class ConflictError(ServiceError):
@@ -93,15 +101,12 @@ class RequestTimeoutError(ServiceError):
     default_code = "request_timeout"
 
 
-class TooManyRequestsError(ServiceError):
+class TooManyRequestsError(RetryLaterError):
     """A per-job, per-client or global cap was reached; retry after `retry_after_s`."""
 
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limited"
-
-    def __init__(self, message: str, *, code: str | None = None, retry_after_s: int = 5) -> None:
-        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
 class InsufficientStorageError(ServiceError):

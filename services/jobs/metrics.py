@@ -15,9 +15,10 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.bulk.batches_repository import BatchRepository
 from services.core.clock import utcnow
 from services.core.db import transaction
 from services.core.logging import get_logger
@@ -58,13 +59,6 @@ class JobMetricsRepository(Repository):
             select(func.min(Job.created_at)).where(Job.status == JobStatus.QUEUED.value)
         )
         return value
-
-    async def batches_by_state(self) -> dict[str, int]:
-        """Bulk batches (issue 10's `batches` table); raises while that table is absent."""
-        rows = await self.session.execute(
-            text("SELECT state, count(*) FROM batches GROUP BY state")
-        )
-        return {str(status): int(count) for status, count in rows.all()}
 
 
 class JobMetricsSampler:
@@ -123,7 +117,7 @@ class JobMetricsSampler:
     async def _sample_batches(self) -> None:
         try:
             async with transaction(self._sessions) as session:
-                counts = await JobMetricsRepository(session).batches_by_state()
+                counts = await BatchRepository(session).count_by_state()
         except Exception:  # no batches table (yet): nothing to export
             return
         counts = dict.fromkeys(self._batch_states, 0) | counts

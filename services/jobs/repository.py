@@ -12,14 +12,14 @@ Claiming uses `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers 
 
 from __future__ import annotations
 
-import base64
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.core.paging import newest_first
 from services.jobs.tables import (
     ACTIVE,
     FINISHED,
@@ -104,20 +104,9 @@ class JobRepository(Repository):
             query = query.where(Job.owner == owner)
         if status is not None:
             query = query.where(Job.status == status)
-        if cursor is not None:
-            created_at, job_id = decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id)
-                )
-            )
-        rows = list(
-            await self.session.scalars(
-                query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-            )
+        return await newest_first(
+            self.session, query, Job.created_at, Job.id, limit=limit, cursor=cursor
         )
-        next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-        return rows[:limit], next_cursor
 
     async def lock(self, job_id: str) -> Job | None:
         """The job, locked until the transaction ends (PostgreSQL; SQLite has one writer)."""
@@ -236,31 +225,3 @@ class JobRepository(Repository):
             return set()
         rows = await self.session.scalars(select(Job.audio_key).where(Job.audio_key.in_(keys)))
         return {key for key in rows if key is not None}
-
-
-def encode_cursor(job: Job) -> str:
-    raw = f"{_naive_utc(job.created_at).isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError for anything that is not a cursor this API handed out.
-
-    Rows hold naive UTC; a cursor whose timestamp carries an offset (made elsewhere, or by
-    a client) is converted to that, so it compares correctly on PostgreSQL and SQLite.
-    """
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, job_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        moment = _naive_utc(datetime.fromisoformat(created_at))
-    except (ValueError, UnicodeError, OverflowError, TypeError) as exc:
-        raise ValueError(f"not a cursor: {cursor[:40]!r}") from exc
-    if not job_id or len(job_id) > 36:
-        raise ValueError(f"not a cursor: {cursor[:40]!r}")
-    return moment, job_id
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment
-    return moment.astimezone(UTC).replace(tzinfo=None)

@@ -36,11 +36,12 @@ from services.core.clock import utcnow
 from services.core.db import transaction
 from services.core.errors import ConflictError, GoneError, InvalidRequestError, NotFoundError
 from services.core.logging import get_logger
+from services.core.paging import check_page
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage, StoredAudio
 from services.jobs.chunking import estimated_chunks
 from services.jobs.events import JobEvents
-from services.jobs.repository import JobRepository, decode_cursor
+from services.jobs.repository import JobRepository
 from services.jobs.sweeper import Sweeper, SweepReport
 from services.jobs.tables import ACTIVE, Job, JobStatus
 from services.jobs.views import JobPage, JobView
@@ -56,7 +57,6 @@ Quota = Callable[[AsyncSession, str | None, int], Awaitable[None]]
 """Per-owner quotas checked inside the submission transaction (raises to refuse)."""
 
 ANONYMOUS_SCOPE = "anonymous"
-MAX_PAGE = 100
 SWEEP_BUDGET_S = 10.0
 """Longest one retention sweep runs before it yields back to the tracker's loop."""
 
@@ -258,17 +258,7 @@ class JobsService:
     async def page(
         self, owner: str | None, status: JobStatus | None, limit: int, cursor: str | None
     ) -> JobPage:
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequestError(f"limit must be 1 to {MAX_PAGE}, got {limit}.", param="limit")
-        if cursor is not None:
-            try:
-                decode_cursor(cursor)
-            except ValueError as exc:
-                raise InvalidRequestError(
-                    "cursor is not one this API returned; pass the next_cursor of a page.",
-                    param="cursor",
-                    code="invalid_value",
-                ) from exc
+        check_page(limit, cursor)
         async with transaction(self._sessions) as session:
             jobs, next_cursor = await JobRepository(session).page(
                 owner=owner, status=status, limit=limit, cursor=cursor

@@ -8,28 +8,17 @@ not held up). SQLite serialises writers itself.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.core.clock import utcnow
 from services.core.settings import LimitsSettings
-from services.jobs.tables import ACTIVE, Job
 from services.limits.errors import QuotaExceededError
+from services.limits.repository import QuotaRepository
 
 CONCURRENCY_RETRY_S = 5.0
 """The Retry-After hint when the concurrency quota is full (the end of a job is unknown)."""
-
-
-def _lock_id(owner: str | None) -> int:
-    digest = hashlib.sha256(f"rayscribe-quota|{owner}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _owned_by(owner: str | None) -> ColumnElement[bool]:
-    return Job.owner.is_(None) if owner is None else Job.owner == owner
 
 
 class JobQuota:
@@ -46,14 +35,10 @@ class JobQuota:
     async def __call__(self, session: AsyncSession, owner: str | None, new_bytes: int) -> None:
         if not self.enabled:
             return
-        if session.get_bind().dialect.name == "postgresql":
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(:id)"), {"id": _lock_id(owner)}
-            )
-        owned = _owned_by(owner)
+        repo = QuotaRepository(session)
+        await repo.hold_owner(owner)
         if self._max_jobs is not None:
-            counted = select(func.count()).select_from(Job).where(owned, Job.status.in_(ACTIVE))
-            active: int = (await session.execute(counted)).scalar_one()
+            active = await repo.active_jobs(owner)
             if active >= self._max_jobs:
                 raise QuotaExceededError(
                     f"You have {active} queued or running jobs, the most allowed at once; "
@@ -62,14 +47,7 @@ class JobQuota:
                     limit=self._max_jobs,
                 )
         if self._max_bytes is not None:
-            row = (
-                await session.execute(
-                    select(
-                        func.coalesce(func.sum(Job.audio_bytes), 0), func.min(Job.expires_at)
-                    ).where(owned, Job.audio_key.is_not(None))
-                )
-            ).one()
-            stored, first_expiry = int(row[0]), row[1]
+            stored, first_expiry = await repo.stored_audio(owner)
             if stored + new_bytes > self._max_bytes:
                 raise QuotaExceededError(
                     f"Storing {new_bytes} more bytes would exceed your {self._max_bytes}-byte "

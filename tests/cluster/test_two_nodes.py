@@ -42,14 +42,10 @@ def two_node_topology(config: dict[str, Any]) -> None:
     for deployment in app["deployments"]:
         options = deployment["ray_actor_options"]
         if deployment["name"] == WHISPER:
-            # Two fixed replicas. Said through autoscaling_config: the class carries the
-            # shipped entry's autoscaling_config as a code default, which a bare
-            # num_replicas in the config would not replace.
-            deployment["autoscaling_config"] = {
-                "min_replicas": 2,
-                "initial_replicas": 2,
-                "max_replicas": 2,
-            }
+            # Two fixed replicas. An entry's num_replicas wins over the code's defaults;
+            # Serve refuses it next to an autoscaling_config, so the shipped one goes.
+            deployment.pop("autoscaling_config", None)
+            deployment["num_replicas"] = 2
             options["num_cpus"] = 1
             options["resources"] = {SLOT: 1}
             options["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] = "1"

@@ -60,6 +60,10 @@ def test_each_model_deployment_takes_its_own_config_entry(multi_http: httpx.Clie
         BASE_MAX_QUEUED
     )
     assert deployments["WhisperTranscriber"]["deployment_config"]["max_queued_requests"] == 128
+    # The replica count comes from the entries (the code sets no autoscaling_config).
+    for name in ("WhisperTranscriber", BASE_DEPLOYMENT):
+        scaling = deployments[name]["deployment_config"]["autoscaling_config"]
+        assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 1), name
     assert multi_http.get("/readyz").json()["model"] == "ok"
 
 

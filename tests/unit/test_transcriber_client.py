@@ -24,11 +24,45 @@ class _FailingMethod:
         raise self.error
 
 
+class _FailingStream:
+    """A streamed response that yields one event, then fails; records its cancel."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.cancelled = False
+
+    def __aiter__(self) -> "_FailingStream":
+        self._sent = False
+        return self
+
+    async def __anext__(self) -> str:
+        if self._sent:
+            raise self.error
+        self._sent = True
+        return "first"
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _StreamMethod:
+    def __init__(self, stream: _FailingStream) -> None:
+        self.stream = stream
+
+    def remote(self, *args: Any) -> _FailingStream:
+        return self.stream
+
+
 class _Handle:
     """Stands in for a DeploymentHandle whose calls fail the way Serve's do."""
 
     def __init__(self, error: Exception) -> None:
         self.transcribe = _FailingMethod(error)
+        self.detect_languages = _FailingMethod(error)
+        self.transcribe_stream = _StreamMethod(_FailingStream(error))
+
+    def options(self, **_: Any) -> "_Handle":
+        return self
 
 
 async def test_backpressure_becomes_503_with_retry_after() -> None:
@@ -44,6 +78,32 @@ async def test_a_dead_replica_becomes_503() -> None:
     with pytest.raises(UnavailableError) as caught:
         await client.transcribe(np.zeros(10, dtype=np.float32), TranscriptionOptions())
     assert caught.value.status_code == 503
+
+
+async def _drain(client: ServeTranscriber, into: list[Any]) -> None:
+    stream = client.transcribe_stream(np.zeros(10, dtype=np.float32), TranscriptionOptions())
+    async for event in stream:
+        into.append(event)
+
+
+async def test_every_call_maps_serve_failures_the_same_way() -> None:
+    """Language detection and the stream (after its first event) map both failures too,
+    and the stream is cancelled on the replica when it fails."""
+    audio = np.zeros(10, dtype=np.float32)
+    for error, expected in (
+        (BackPressureError(128, 128), OverloadedError),
+        (ActorDiedError(), UnavailableError),
+    ):
+        handle = _Handle(error)
+        client = ServeTranscriber(handle)  # type: ignore[arg-type]
+        with pytest.raises(expected):
+            await client.detect_languages(audio)
+        got: list[Any] = []
+        with pytest.raises(expected) as caught:
+            await _drain(client, got)
+        assert got == ["first"]
+        assert caught.value.status_code == 503
+        assert handle.transcribe_stream.stream.cancelled
 
 
 def _whisper_deployment() -> dict[str, Any]:
@@ -68,6 +128,32 @@ def test_serve_config_batches_can_fill_within_max_ongoing_requests() -> None:
     assert set(deployment["user_config"]) == set(BatchingConfig.model_fields), (
         "serve_config.yaml should spell out every batching setting"
     )
+
+
+def _as_serve_applies(entry: dict[str, Any]) -> Any:
+    """The Whisper deployment's config once Serve has applied a serve_config.yaml entry to
+    the code's defaults (the controller's own merge function, run without a cluster)."""
+    from ray.serve._private.application_state import override_deployment_info
+    from ray.serve._private.deployment_info import DeploymentInfo
+    from ray.serve.schema import ServeApplicationSchema
+
+    deployment: Any = WhisperTranscriber
+    code = DeploymentInfo(deployment._deployment_config, deployment._replica_config, 0, "")
+    app = ServeApplicationSchema(import_path="deployments.app:build_app", deployments=[entry])
+    return override_deployment_info({"WhisperTranscriber": code}, app)["WhisperTranscriber"]
+
+
+def test_a_config_entry_num_replicas_is_not_overridden_by_code_autoscaling() -> None:
+    """The builder bug: a code default `autoscaling_config` outlived an entry's
+    `num_replicas`, so `num_replicas: 2` ran one replica. Now the entry's number wins, an
+    entry's autoscaling_config still autoscales, and an entry without either runs one."""
+    fixed = _as_serve_applies({"name": "WhisperTranscriber", "num_replicas": 2})
+    assert fixed.deployment_config.num_replicas == 2
+    assert fixed.deployment_config.autoscaling_config is None
+    shipped = _as_serve_applies(_whisper_deployment()).deployment_config.autoscaling_config
+    assert (shipped.min_replicas, shipped.max_replicas) == (1, 1)
+    bare = _as_serve_applies({"name": "WhisperTranscriber"}).deployment_config
+    assert (bare.num_replicas, bare.autoscaling_config) == (1, None)
 
 
 def test_batching_config_refuses_unknown_keys_and_bad_values_clearly() -> None:
