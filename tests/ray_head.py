@@ -47,6 +47,7 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300
+STOP_GRACE_S = 3
 PATIENT_RAY = {"RAY_agent_register_timeout_ms": "180000", "RAY_raylet_start_wait_time_s": "180"}
 """The raylet waits 30 s for its agents (Python, slow to import on a machine loaded far past
 its cores) and then aborts the node; test clusters give it three minutes."""
@@ -79,8 +80,8 @@ class RayHead:
     process: subprocess.Popen[bytes] | None = None
     keep_logs: bool = False
     """Leave the head's directory (logs) behind, e.g. after a failed test."""
-    starts: int = 0
-    """How many `ray start` attempts this head took (1 unless the machine was overloaded)."""
+    failed_starts: list[str] = field(default_factory=list)
+    """Why the attempts before the one that worked failed (empty on a quiet machine)."""
 
     @property
     def token_path(self) -> Path:
@@ -143,11 +144,11 @@ class RayHead:
         """Start the head; a start that fails (the node did not register in time, or a
         picked port was taken meanwhile) is cleaned up and retried on new ports."""
         for attempt in range(1, attempts + 1):
-            self.starts = attempt
             try:
                 self._start()
                 return
-            except (RuntimeError, TimeoutError):
+            except (RuntimeError, TimeoutError) as exc:
+                self.failed_starts.append(str(exc)[-2000:])
                 self.stop(keep_dir=True)
                 if attempt == attempts:
                     raise
@@ -257,21 +258,23 @@ class RayHead:
         raise TimeoutError(f"{app} is not running after {timeout_s} s ({status})")
 
     def stop(self, keep_dir: bool = False) -> None:
-        """SIGTERM to `ray start --block` (it stops its node), then SIGKILL to whatever of
-        this head is left (job drivers, workers: they leave its process group)."""
+        """SIGTERM to every process of this head at once, SIGKILL to what is left after a
+        few seconds. A test cluster needs no drain: SIGTERM to `ray start --block` alone
+        drains the node for up to 30 s first (and its workers leave its process group)."""
+        ours = set(self._processes())
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    _signal_group(self.process.pid, signal.SIGKILL)
-                    self.process.wait(timeout=10)
+            ours.add(self.process.pid)
+            _signal_group(self.process.pid, signal.SIGTERM)
+        _signal_all(ours, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(_alive(pid) for pid in ours):
+            time.sleep(0.2)
+        if self.process is not None:
             _signal_group(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
             self.process = None
-        for pid in self._processes():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        _signal_all(ours | set(self._processes()), signal.SIGKILL)
         if not (self.keep_logs or keep_dir):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -297,3 +300,18 @@ class RayHead:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
