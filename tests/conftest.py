@@ -19,6 +19,8 @@ import pytest
 
 from services.core.settings import Settings
 from tests import log_scan
+from tests.ray_head import RayHead
+from tests.s3_server import S3Server, s3_server  # noqa: F401  (the session fixture)
 from tests.servers import PrivateRedis
 
 if TYPE_CHECKING:
@@ -82,6 +84,20 @@ def private_redis() -> Iterator[PrivateRedis]:
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Embedded defaults, isolated from the developer's environment and .env file."""
     return Settings(_env_file=None, data_dir=tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def ray_head(s3_server: S3Server) -> Iterator[RayHead]:  # noqa: F811
+    """The one `ray start --head` cluster of the session (tests/ray_head.py): dashboard and
+    token auth on, free ports, the S3 server's variables for its workers. The ops, batches
+    and bulk tests share it, each leaving it as it found it."""
+    head = RayHead(num_cpus=2, extra_env=s3_server.env())
+    print(f"ray head in {head.dir}")
+    head.start()
+    try:
+        yield head
+    finally:
+        head.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Batches on a real Ray cluster: `ray start --head` (free ports, its own temp dir, the
-dashboard on, Ray's token auth on), the real bulk job (`python -m cluster.bulk`), the app on
-loopback with JWT auth, and the `rayscribe` CLI as a user runs it (a subprocess).
+"""Batches on a real Ray cluster: the session's `ray start --head` (tests/ray_head.py: free
+ports, its own temp dir, the dashboard on, Ray's token auth on), the real bulk job
+(`python -m cluster.bulk`), the app on loopback with JWT auth, and the `rayscribe` CLI as a
+user runs it (a subprocess).
 
 - `POST /v1/batches` submits through the Jobs API with the token only the service holds; the
   job's driver writes counts to the batch's row; `GET` follows the Ray job to the end.
@@ -32,22 +33,13 @@ from services.core.auth_settings import AuthMode, AuthSettings
 from services.core.settings import Settings
 from services.resources import build_resources
 from tests.batches.conftest import NoTranscriber
-from tests.batches.ray_head import RayHead, start_ray_head
 from tests.conftest import ENGLISH
 from tests.idp import API_CLIENT, LocalIdP
 from tests.live_app import serve_on_loopback
+from tests.ray_head import RayHead
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 900
-
-
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[RayHead]:
-    head = start_ray_head(num_cpus=2)
-    try:
-        yield head
-    finally:
-        head.stop()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +80,7 @@ def app_url(
         ),
         bulk={
             "allowed_roots": [str(roots)],
-            "ray_address": ray_head.address,
+            "ray_address": ray_head.dashboard_url,
             "ray_token": ray_head.token,
             "code_dir": str(ROOT),
             "python": sys.executable,
@@ -119,9 +111,9 @@ def _wait_finished(client: httpx.Client, batch_id: str, headers: dict[str, str])
 
 def test_the_cluster_refuses_callers_without_its_token(ray_head: RayHead) -> None:
     """Token auth is really on: what the service holds is what lets it in."""
-    assert httpx.get(f"{ray_head.address}/api/jobs/", timeout=30).status_code == 401
+    assert httpx.get(f"{ray_head.dashboard_url}/api/jobs/", timeout=30).status_code == 401
     with pytest.raises(RayJobsError, match=r"[Aa]uthentication"):
-        RayJobsClient(ray_head.address, None).info("anything")
+        RayJobsClient(ray_head.dashboard_url, None).info("anything")
 
 
 def test_post_batches_runs_the_bulk_job_to_completion(
@@ -208,7 +200,7 @@ def test_delete_stops_the_ray_job(
         stopped = client.delete(f"/v1/batches/{batch['id']}", headers=headers)
         assert stopped.status_code == 200, stopped.text
         assert stopped.json()["state"] == "stopped"
-        ray = RayJobsClient(ray_head.address, _secret(ray_head.token))
+        ray = RayJobsClient(ray_head.dashboard_url, _secret(ray_head.token))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             info = ray.info(batch["ray_job_id"])

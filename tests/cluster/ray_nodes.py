@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.ray_head import PATIENT_RAY
 from tests.serve_local import ROOT, free_port
 
+__all__ = ["PATIENT_RAY", "RayNode", "descendants"]
+
 RAY = str(Path(sys.executable).with_name("ray"))
-PATIENT_RAY = {"RAY_agent_register_timeout_ms": "180000", "RAY_raylet_start_wait_time_s": "180"}
-"""The raylet waits 30 s for its agents (Python, slow to import on a machine loaded far past
-its cores) and then aborts the node; the cluster tests give it three minutes."""
 
 
 class RayNode:

@@ -1,9 +1,10 @@
 """Every metric we list reaches a real Prometheus, and the Ray dashboard shows the app.
 
-One Ray head for the whole module, started as ops start one (`ray start --head` with the
-dashboard and token authentication, free ports, its own temp dir), the app deployed with
-`serve deploy` through the dashboard's API. Prometheus (Debian's package) finds Ray's
-metrics exports through the dashboard's service-discovery file and loads our alert rules.
+The session's Ray head, started as ops start one (`ray start --head` with the dashboard and
+token authentication, free ports, its own temp dir: tests/ray_head.py), the app deployed
+with `serve deploy` through the dashboard's API and shut down after the module. Prometheus
+(Debian's package) finds Ray's metrics exports through the dashboard's service-discovery
+file and loads our alert rules.
 After real traffic (sync requests, a cache hit, a refused upload, jobs, a quota refusal,
 and a flood that fills the Whisper queue so that callers get 503 and jobs are interrupted)
 each metric must be in Prometheus with a value that fits what was sent. Headless Chromium
@@ -14,6 +15,7 @@ deployments healthy (and without the token, only the token dialog).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from tests import serve_local as local
 from tests.conftest import ENGLISH, FIXTURES
 from tests.ops.browser import chromium
 from tests.ops.prometheus import Prometheus
-from tests.ops.ray_head import RayHead
+from tests.ray_head import RayHead
 
 pytestmark = pytest.mark.integration
 APP = local.APP_NAME
@@ -74,29 +76,30 @@ def _config(data_dir: Path, port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    head = RayHead(num_cpus=2)
+def cluster(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The app deployed onto the session's head; shut down again at the end of the module
+    (its replicas hold the head's CPUs, which the bulk tests need whole)."""
     prometheus = None
     try:
-        print(f"ray head in {head.dir}")
-        head.start()
         data_dir = tmp_path_factory.mktemp("ops-data")
         upgrade(f"sqlite+aiosqlite:///{data_dir / 'rayscribe.db'}")
         port = local.free_port()
-        head.deploy(_config(data_dir, port))
-        head.wait_running(APP)
+        ray_head.deploy(_config(data_dir, port))
+        ray_head.wait_running(APP)
         url = f"http://127.0.0.1:{port}"
         local.wait_until_ready(url, timeout_s=120)
-        prometheus = Prometheus(head.service_discovery_file, head.dir / "prometheus")
+        workdir = tmp_path_factory.mktemp("prometheus")
+        prometheus = Prometheus(ray_head.service_discovery_file, workdir)
         sent = _traffic(url)
     except BaseException:
-        head.keep_logs = True  # for whoever reads the failure: the path is printed above
-        _stop(prometheus, head)
+        ray_head.keep_logs = True  # for whoever reads the failure: the path is printed above
+        with contextlib.suppress(Exception):  # the failure above is the one to report
+            _stop(prometheus, ray_head)
         raise
     try:
-        yield Cluster(head, url, prometheus, sent)
+        yield Cluster(ray_head, url, prometheus, sent)
     finally:
-        _stop(prometheus, head)
+        _stop(prometheus, ray_head)
 
 
 def _stop(prometheus: Prometheus | None, head: RayHead) -> None:
@@ -104,7 +107,7 @@ def _stop(prometheus: Prometheus | None, head: RayHead) -> None:
         if prometheus is not None:
             prometheus.stop()
     finally:
-        head.stop()
+        head.serve_shutdown()
 
 
 def _transcribe(
