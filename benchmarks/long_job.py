@@ -43,8 +43,19 @@ RESULTS = ROOT / "benchmarks" / "results"
 DURATION_S = 1200.0
 
 
-def in_process(settings: Settings, path: Path) -> tuple[float, str]:
+def in_process(settings: Settings, path: Path) -> tuple[float, str, int]:
+    """(wall seconds, text, 30 s windows the pipeline decoded)."""
+    import faster_whisper.transcribe as library
     from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    windows = 0
+    collect = library.collect_chunks
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal windows
+        chunks = collect(*args, **kwargs)
+        windows += len(chunks[0])
+        return chunks
 
     model = WhisperModel(
         str(resolve_model_dir(settings.whisper.model, settings.model_cache_dir)),
@@ -55,16 +66,20 @@ def in_process(settings: Settings, path: Path) -> tuple[float, str]:
     pipeline = BatchedInferencePipeline(model)
     started = time.perf_counter()
     audio = decode_audio(path, max_duration_s=DURATION_S + 1)
-    segments, _ = pipeline.transcribe(
-        audio,
-        language="en",
-        beam_size=settings.whisper.beam_size,
-        temperature=0.0,
-        word_timestamps=True,
-        batch_size=settings.whisper.decode_batch_size,
-    )
-    text = "".join(s.text for s in segments)
-    return time.perf_counter() - started, text
+    library.collect_chunks = counting
+    try:
+        segments, _ = pipeline.transcribe(
+            audio,
+            language="en",
+            beam_size=settings.whisper.beam_size,
+            temperature=0.0,
+            word_timestamps=True,
+            batch_size=settings.whisper.decode_batch_size,
+        )
+        text = "".join(s.text for s in segments)
+    finally:
+        library.collect_chunks = collect
+    return time.perf_counter() - started, text, windows
 
 
 def job(url: str, path: Path) -> tuple[float, str, dict[str, Any]]:
@@ -102,20 +117,32 @@ def main() -> None:
     overrides = {"data_dir": str(settings.data_dir), "cache": {"enabled": False}}
     config = local.load_config(port=local.free_port(), settings=overrides)
     url = local.deploy(config)
-    inproc: list[tuple[float, str]] = []
+    from ray import serve
+
+    replica = serve.get_deployment_handle("WhisperTranscriber", app_name=local.APP_NAME)
+
+    def replica_stats() -> dict[str, int]:
+        stats: dict[str, Any] = replica.stats.remote().result(timeout_s=30)
+        return {key: int(stats[key]) for key in ("windows", "retried", "fallbacks")}
+
+    inproc: list[tuple[float, str, int]] = []
     jobs: list[tuple[float, str, dict[str, Any]]] = []
+    job_work: list[dict[str, int]] = []  # the Whisper replica's counters, per job
     load: list[float] = []  # the machine is shared: the 1-minute load average, per round
     try:
         for index in range(args.rounds):
             load.append(os.getloadavg()[0])
             inproc.append(in_process(settings, path))
             print(f"round {index + 1} in-process: {inproc[-1][0]:.1f} s")
+            before = replica_stats()
             jobs.append(job(url, path))
+            after = replica_stats()
+            job_work.append({key: after[key] - before[key] for key in after})
             print(f"round {index + 1} job:        {jobs[-1][0]:.1f} s")
     finally:
         local.shutdown()
 
-    b_wall, b_text = min(inproc)
+    b_wall, b_text, b_windows = min(inproc)
     j_wall, j_text, j_body = min(jobs, key=lambda r: r[0])
     result = {
         "audio_s": DURATION_S,
@@ -131,6 +158,10 @@ def main() -> None:
         "wer_in_process": word_error_rate(recording.text, b_text),
         "wer_job": word_error_rate(recording.text, j_text),
         "job_chunks": j_body["progress"],
+        # 30 s windows: the pipeline's; the job's as packed, plus items decoded again
+        # (cut short by the model) and repetition fallbacks, per round.
+        "in_process_windows": b_windows,
+        "job_windows_per_round": job_work,
         "all_rounds_s": {"in_process": [r[0] for r in inproc], "job": [r[0] for r in jobs]},
         "ratio_per_round": [b[0] / j[0] for b, j in zip(inproc, jobs, strict=True)],
         "load_average_1m_at_round_start": load,

@@ -163,6 +163,6 @@ def test_an_item_the_model_stopped_early_on_is_flagged_for_a_retry() -> None:
 
 
 def test_shared_windows_keep_headroom_but_one_item_may_fill_a_window() -> None:
-    windows = plan_windows([21 * SR, 7 * SR], pack=True)
-    assert len(windows) == 2  # 21 + 0.5 + 7 would pass the 28 s a shared window may hold
+    windows = plan_windows([22 * SR, int(7.5 * SR)], pack=True)
+    assert len(windows) == 2  # 22 + 0.2 + 7.5 would pass the 29.5 s a shared window may hold
     assert len(plan_windows([30 * SR], pack=True)) == 1
