@@ -150,7 +150,8 @@ def _whisper_entry() -> dict[str, Any]:
 
 
 def test_a_model_without_an_entry_runs_like_the_shipped_default() -> None:
-    """The class's defaults are the `WhisperTranscriber` entry's values, as the config says."""
+    """The class's defaults are the `WhisperTranscriber` entry's values, as the config says,
+    but for replicas: a fixed one, the shipped entry's maximum."""
     from deployments.transcriber import WhisperTranscriber
 
     entry = _whisper_entry()
@@ -158,9 +159,9 @@ def test_a_model_without_an_entry_runs_like_the_shipped_default() -> None:
     config = deployment._deployment_config
     assert config.max_ongoing_requests == entry["max_ongoing_requests"]
     assert config.max_queued_requests == entry["max_queued_requests"]
-    autoscaling = config.autoscaling_config.model_dump()
-    for key, value in entry["autoscaling_config"].items():
-        assert autoscaling[key] == value, key
+    # Replicas are the exception: one fixed replica, so an entry's num_replicas wins.
+    assert config.autoscaling_config is None
+    assert config.num_replicas == 1 == entry["autoscaling_config"]["max_replicas"]
     for key in ("graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s"):
         assert getattr(config, key) == entry[key], key
     assert deployment.ray_actor_options["num_cpus"] == entry["ray_actor_options"]["num_cpus"]
