@@ -45,7 +45,10 @@ TURNS = (
     "She learned to play the piano when she was seven years old.",
     "The garden looks wonderful now that the roses have started to bloom.",
 )
-ENROL = "This is a longer sample of my voice, recorded so that the service can recognise me later in a conversation."
+ENROL = (
+    "This is a longer sample of my voice, recorded so that the service can recognise me"
+    " later in a conversation."
+)
 TURNS_PER_VOICE = 4
 
 
@@ -54,7 +57,8 @@ def synthesise(voice: str, text: str) -> np.ndarray:
         path = Path(tmp) / "out.wav"
         subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
         with wave.open(str(path)) as wav:
-            assert wav.getframerate() == SAMPLE_RATE and wav.getnchannels() == 1
+            assert wav.getframerate() == SAMPLE_RATE
+            assert wav.getnchannels() == 1
             pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
     # Trim flite's leading/trailing near-silence so turns can be butted together.
     loud = np.flatnonzero(np.abs(pcm) > 300)

@@ -82,7 +82,8 @@ def centroids(embeddings: npt.NDArray[np.float32], labels: Labels) -> npt.NDArra
     """Unit-length mean embedding of each label 0..max(labels)."""
     found = np.stack([embeddings[labels == k].mean(axis=0) for k in range(int(labels.max()) + 1)])
     norms = np.maximum(np.linalg.norm(found, axis=1, keepdims=True), 1e-10)
-    return (found / norms).astype(np.float32)
+    unit: npt.NDArray[np.float32] = (found / norms).astype(np.float32)
+    return unit
 
 
 def _merge_close(embeddings: npt.NDArray[np.float32], labels: Labels) -> Labels:

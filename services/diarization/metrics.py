@@ -20,7 +20,7 @@ def _frames(turns: Sequence[Turn], count: int, names: dict[str, int]) -> np.ndar
     out = np.full(count, -1, dtype=np.int64)
     for turn in turns:
         index = names.setdefault(turn.speaker, len(names))
-        out[int(round(turn.start / FRAME_S)) : int(round(turn.end / FRAME_S))] = index
+        out[round(turn.start / FRAME_S) : round(turn.end / FRAME_S)] = index
     return out
 
 
@@ -35,10 +35,10 @@ def der(reference: Sequence[Turn], hypothesis: Sequence[Turn], collar: float = 0
     ref = _frames(reference, count, ref_names)
     hyp = _frames(hypothesis, count, hyp_names)
     scored = np.ones(count, dtype=bool)
-    pad = int(round(collar / FRAME_S))
+    pad = round(collar / FRAME_S)
     for turn in reference:
         for edge in (turn.start, turn.end):
-            centre = int(round(edge / FRAME_S))
+            centre = round(edge / FRAME_S)
             scored[max(0, centre - pad) : centre + pad] = False
     ref, hyp = ref[scored], hyp[scored]
     speech = int((ref >= 0).sum())

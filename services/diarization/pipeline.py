@@ -76,7 +76,8 @@ class Diarizer:
         if embeddings.shape[0] == 0:
             _, embeddings = self._windows(audio, [(0, audio.size)])
         mean = embeddings.mean(axis=0)
-        return (mean / max(float(np.linalg.norm(mean)), 1e-10)).astype(np.float32)
+        unit: FloatArray = (mean / max(float(np.linalg.norm(mean)), 1e-10)).astype(np.float32)
+        return unit
 
     def _windows(
         self, audio: FloatArray, spans: Sequence[tuple[int, int]]
