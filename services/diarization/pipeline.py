@@ -25,6 +25,7 @@ from services.diarization.encoder import (
     mel_frames,
     normalise_volume,
 )
+from services.transcription.domain import Word
 
 STEP_FRAMES = 40
 """A window every 0.4 s; each labels the 0.4 s around its centre."""
@@ -192,3 +193,33 @@ def speaker_at(turns: Sequence[Turn], start: float, end: float) -> str | None:
         if distance < best_distance:
             best, best_distance = turn, distance
     return best.speaker
+
+
+@dataclass(frozen=True)
+class SpeakerSegment:
+    """A run of consecutive words of one speaker (a `diarized_json` segment)."""
+
+    start: float
+    end: float
+    speaker: str
+    text: str
+
+
+def speaker_segments(words: Sequence[Word], turns: Sequence[Turn]) -> list[SpeakerSegment]:
+    """Each word takes the speaker at its midpoint; a segment is a run of one speaker."""
+    runs: list[tuple[str, list[Word]]] = []
+    for word in words:
+        speaker = speaker_at(turns, word.start, word.end) or "A"
+        if runs and runs[-1][0] == speaker:
+            runs[-1][1].append(word)
+        else:
+            runs.append((speaker, [word]))
+    return [
+        SpeakerSegment(
+            start=group[0].start,
+            end=group[-1].end,
+            speaker=speaker,
+            text="".join(w.word for w in group).strip(),
+        )
+        for speaker, group in runs
+    ]

@@ -8,7 +8,14 @@ import pytest
 pytest.importorskip("torch", reason="needs the diarization extra")
 
 from services.diarization.metrics import der
-from services.diarization.pipeline import Diarizer, Reference, Turn, speaker_at
+from services.diarization.pipeline import (
+    Diarizer,
+    Reference,
+    Turn,
+    speaker_at,
+    speaker_segments,
+)
+from services.transcription.domain import Word
 from tests.diarization.conversations import VOICES, conversation, reference_audio
 
 NAMES = {"awb": "Alan", "rms": "Rob", "slt": "Sally", "kal16": "Kal"}
@@ -80,3 +87,21 @@ def test_speaker_at_midpoint_and_nearest() -> None:
     assert speaker_at(turns, 0.2, 0.8) == "A"
     assert speaker_at(turns, 3.5, 4.0) == "B"
     assert speaker_at([], 0, 1) is None
+
+
+def test_words_group_into_runs_of_one_speaker() -> None:
+    turns = [Turn(0, 2, "A"), Turn(2, 4, "B"), Turn(4.5, 6, "A")]
+    words = [
+        Word(0.1, 0.5, " Hello", 1.0),
+        Word(0.6, 1.9, " there.", 1.0),
+        Word(1.95, 2.5, " Hi,", 1.0),  # midpoint 2.2: B
+        Word(2.6, 3.0, " you.", 1.0),
+        Word(4.2, 4.4, " Bye.", 1.0),  # midpoint in the pause, nearer A's next turn
+    ]
+    segments = speaker_segments(words, turns)
+    assert [(s.speaker, s.text) for s in segments] == [
+        ("A", "Hello there."),
+        ("B", "Hi, you."),
+        ("A", "Bye."),
+    ]
+    assert (segments[1].start, segments[1].end) == (1.95, 3.0)
