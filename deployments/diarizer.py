@@ -1,0 +1,62 @@
+"""`SpeakerDiarizer`: speaker labels beside the Whisper replicas (CPU, experimental).
+
+Its own deployment so that diarization runs in parallel with transcription rather than
+inside a Whisper replica's batch loop. Built only when `RAYSCRIBE_DIARIZATION__ENABLED=true`
+and the `rayscribe[diarization]` extra is installed (torch, the encoder weights, scikit-learn).
+Not yet wired into the ingress: see the README's "Speaker labels" section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from services.core.logging import configure_logging, get_logger
+from services.core.settings import Settings
+from services.diarization.pipeline import Diarizer, Reference
+
+log = get_logger(__name__)
+
+DEPLOYMENT_NAME = "SpeakerDiarizer"
+
+
+@serve.deployment(
+    name=DEPLOYMENT_NAME,
+    max_ongoing_requests=8,
+    ray_actor_options={"num_cpus": 1, "num_gpus": 0},
+    health_check_period_s=10,
+    health_check_timeout_s=30,
+)
+class SpeakerDiarizer:
+    def __init__(self, settings: Settings) -> None:
+        configure_logging(settings.logging.level)
+        self._diarizer = Diarizer()
+        # torch already spreads one file over the replica's threads: one file at a time.
+        self._lock = threading.Lock()
+
+    def _run(
+        self,
+        audio: np.ndarray,
+        num_speakers: int | None,
+        references: list[tuple[str, np.ndarray]],
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            turns = self._diarizer.diarize(
+                audio.astype(np.float32, copy=False),
+                num_speakers=num_speakers,
+                references=[Reference(name, clip) for name, clip in references],
+            )
+        return [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns]
+
+    async def diarize(
+        self,
+        audio: np.ndarray,
+        num_speakers: int | None = None,
+        references: list[tuple[str, np.ndarray]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Speaker turns (`start`, `end` in seconds, `speaker`) of 16 kHz mono audio."""
+        return await asyncio.to_thread(self._run, audio, num_speakers, references or [])
