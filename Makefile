@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev,diarization]"
+	$(PY) -m pip install --quiet --no-deps resemblyzer==0.1.4  # the speaker encoder's weights only
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
