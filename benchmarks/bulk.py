@@ -91,6 +91,7 @@ def in_process(settings: Settings, paths: list[Path]) -> tuple[float, str]:
         beam_size=settings.whisper.beam_size,
         temperature=0.0,
         word_timestamps=False,
+        without_timestamps=False,  # the batched pipeline's default is True: no segment times
         batch_size=settings.whisper.decode_batch_size,
     )
     text = "".join(s.text for s in segments)

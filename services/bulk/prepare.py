@@ -2,9 +2,9 @@
 
 Everything up to the model happens here, in one stage, so the decoded float32 audio (about
 230 MB per audio-hour) never travels between stages: what leaves is the speech only, cut
-into the engine's window-sized work items exactly as the online path cuts them (the same
-VAD and `split_into_items`), as 16-bit samples (half the bytes again; far below what the
-model resolves). The engine stage turns them back into `WorkItem`s.
+into the engine's window-sized work items by the online path's own `find_items` (the
+model-free half of `WhisperEngine.prepare`), as 16-bit samples (half the bytes again; far
+below what the model resolves). The engine stage turns them back into `WorkItem`s.
 
 A file that cannot be read or decoded leaves as a row with its error and no items.
 """
@@ -20,14 +20,14 @@ import numpy as np
 import numpy.typing as npt
 
 from services.bulk.objects import FileTooLargeError, read_bytes, resolve
-from services.bulk.rows import error_text
+from services.bulk.rows import error_text, transcription_options
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
 from services.core.settings import BulkSettings, StorageSettings
 from services.transcription.audio import decode_audio
-from services.transcription.domain import SAMPLE_RATE, DecodeOptions, Waveform
-from services.transcription.packing import Piece, WorkItem, split_into_items
-from services.transcription.whisper_adapter import speech_clips
+from services.transcription.domain import SAMPLE_RATE, TranscriptionOptions, Waveform
+from services.transcription.engine import find_items
+from services.transcription.packing import Piece, WorkItem
 
 log = get_logger(__name__)
 
@@ -51,13 +51,14 @@ class PackedItem:
             pieces=tuple((p.item_offset, p.source_start, p.length) for p in item.pieces),
         )
 
-    def work_item(self, decode: DecodeOptions, *, word_timestamps: bool) -> WorkItem:
+    def work_item(self, options: TranscriptionOptions) -> WorkItem:
         speech: Waveform = self.speech.astype(np.float32) / np.float32(_INT16_SCALE)
         return WorkItem(
             speech=speech,
             pieces=[Piece(*piece) for piece in self.pieces],
-            decode=decode,
-            word_timestamps=word_timestamps,
+            decode=options.decode,
+            word_timestamps=options.word_timestamps,
+            logprobs=options.logprobs,
             background=True,
         )
 
@@ -69,16 +70,6 @@ def pack_items(items: list[PackedItem]) -> bytes:
 def unpack_items(data: bytes) -> list[PackedItem]:
     items: list[PackedItem] = pickle.loads(data)  # written by `pack_items` in this run
     return items
-
-
-def find_items(audio: Waveform, *, word_timestamps: bool) -> list[PackedItem]:
-    """The engine's step 1 without the model: VAD, then window-sized items.
-
-    Decode options are settled in the engine stage (language detection needs the model), so
-    the items carry placeholders here."""
-    clips = speech_clips(audio)
-    items = split_into_items(clips, audio, DecodeOptions(), word_timestamps=word_timestamps)
-    return [PackedItem.of(item) for item in items]
 
 
 class Preparer:
@@ -127,7 +118,10 @@ class Preparer:
         del data
         out["duration_s"] = round(audio.shape[0] / SAMPLE_RATE, 3)
         try:
-            items = find_items(audio, word_timestamps=True)
+            items = [
+                PackedItem.of(item)
+                for item in find_items(audio, transcription_options(row["options"]))
+            ]
             out["items"] = pack_items(items)
             out["speech_samples"] = sum(int(item.speech.shape[0]) for item in items)
         except Exception as exc:  # VAD on decoded audio failing is a bug, not the file's

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from services.transcription.domain import Task, Transcript
+from services.transcription.domain import DecodeOptions, Task, Transcript, TranscriptionOptions
 
 WORD = pa.struct(
     [
@@ -77,6 +77,18 @@ def file_options(run: RunOptions, *, language: str | None, prompt: str | None) -
         "word_timestamps": True,
     }
     return json.dumps(options, sort_keys=True, separators=(",", ":"))
+
+
+def transcription_options(options: str) -> TranscriptionOptions:
+    """What `file_options` wrote, as the engine takes it."""
+    fields = json.loads(options)
+    decode = DecodeOptions(
+        task=Task(fields["task"]),
+        language=fields["language"],
+        prompt=fields["prompt"],
+        temperature=float(fields["temperature"]),
+    )
+    return TranscriptionOptions(decode=decode, word_timestamps=bool(fields["word_timestamps"]))
 
 
 def key_of(row: dict[str, Any]) -> RowKey:

@@ -9,15 +9,12 @@ fails only its own row.
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from typing import Any
 
 from services.bulk.prepare import unpack_items
-from services.bulk.rows import error_text, failed_row, transcript_row
+from services.bulk.rows import error_text, failed_row, transcript_row, transcription_options
 from services.core.logging import get_logger
 from services.transcription.assembly import PreparedAudio, assemble
-from services.transcription.domain import DecodeOptions, Task, TranscriptionOptions
 from services.transcription.engine import WhisperEngine
 from services.transcription.formats import to_srt, to_vtt
 from services.transcription.packing import WINDOW_SAMPLES, ItemResult, WorkItem
@@ -36,30 +33,10 @@ class BulkEngine:
         self._render = SUBTITLE_RENDERERS[subtitles] if subtitles else None
 
     def _prepared(self, row: dict[str, Any]) -> PreparedAudio:
-        options = json.loads(row["options"])
-        decode = DecodeOptions(
-            task=Task(options["task"]),
-            language=options["language"],
-            prompt=options["prompt"],
-            temperature=float(options["temperature"]),
-        )
-        language, probability = decode.language or "en", 1.0
-        if not self._engine.multilingual:
-            # As the online engine: an English-only model only transcribes English.
-            decode = replace(decode, task=Task.TRANSCRIBE, language="en")
-            language = "en"
-        words = bool(options["word_timestamps"])
-        items = [p.work_item(decode, word_timestamps=words) for p in unpack_items(row["items"])]
-        if self._engine.multilingual and decode.language is None and items:
-            language, probability = self._engine.detect_language(items[0].speech)
-            items = [replace(item, decode=replace(decode, language=language)) for item in items]
-        return PreparedAudio(
-            items=items,
-            language=language,
-            language_probability=probability,
-            duration_s=float(row["duration_s"]),
-            options=TranscriptionOptions(decode=decode, word_timestamps=words),
-        )
+        """The engine's step 1 for a prepared row: its items, with task and language settled."""
+        options = transcription_options(row["options"])
+        items = [packed.work_item(options) for packed in unpack_items(row["items"])]
+        return self._engine.settle(items, options, duration_s=float(row["duration_s"]))
 
     def transcribe(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One output row per prepared row, in the same order.

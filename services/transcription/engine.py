@@ -4,8 +4,9 @@ The model itself (loading, VAD, decoding windows) is behind `whisper_adapter.py`
 module that imports `faster_whisper`. The engine turns audio into the project's own types
 in three steps, so that the Serve deployment can batch the middle one across requests:
 
-1. `prepare`: VAD finds the speech; it is cut into work items of at most one 30 s window;
-   the language is detected per request when the model is multilingual and none was given.
+1. `prepare`: VAD finds the speech; it is cut into work items of at most one 30 s window
+   (`find_items`, no model needed); the language is settled (`settle`: detected per request
+   when the model is multilingual and none was given).
 2. `run`: the batch function. Items in, results out (same length, same order). Items that
    decode alike are packed into shared windows, encoded and decoded in padded batches by
    CTranslate2, and split back so each item gets exactly its own words.
@@ -63,7 +64,13 @@ from services.transcription.whisper_adapter import (
     warm_up_vad,
 )
 
-__all__ = ["COMPRESSION_RATIO_THRESHOLD", "RunStats", "WhisperEngine", "speech_spans"]
+__all__ = [
+    "COMPRESSION_RATIO_THRESHOLD",
+    "RunStats",
+    "WhisperEngine",
+    "find_items",
+    "speech_spans",
+]
 
 log = get_logger(__name__)
 
@@ -82,6 +89,19 @@ class RunStats:
     @property
     def fill_s(self) -> float:
         return self.speech_s / self.windows if self.windows else 0.0
+
+
+def find_items(audio: Waveform, options: TranscriptionOptions) -> list[WorkItem]:
+    """Step 1's model-free half: VAD finds the speech, cut into items of at most one window.
+
+    The items decode with `options.decode` as asked until `WhisperEngine.settle` fixes the
+    task and language (which may need the model). The bulk job runs this half in its CPU
+    stage, apart from the model."""
+    clips = speech_clips(audio, options.vad)
+    items = split_into_items(clips, audio, options.decode, word_timestamps=options.word_timestamps)
+    for item in items:
+        item.logprobs = options.logprobs
+    return items
 
 
 class WhisperEngine:
@@ -150,24 +170,32 @@ class WhisperEngine:
 
     def prepare(self, audio: Waveform, options: TranscriptionOptions) -> PreparedAudio:
         """Find the speech, cut it into window-sized items and settle the language."""
-        clips = speech_clips(audio, options.vad)
+        items = find_items(audio, options)
+        return self.settle(items, options, duration_s=audio.shape[0] / SAMPLE_RATE)
+
+    def settle(
+        self, items: list[WorkItem], options: TranscriptionOptions, *, duration_s: float
+    ) -> PreparedAudio:
+        """Step 1's model half: the task and language every item of one request decodes with.
+
+        An English-only model only transcribes English; a multilingual one detects the
+        language on the first item when none was given."""
         decode = options.decode
         language, probability = decode.language or "en", 1.0
         if not self.multilingual:
             # An English-only model cannot translate: translating English is transcribing.
             decode = replace(decode, task=Task.TRANSCRIBE, language="en")
             language = "en"
-        items = split_into_items(clips, audio, decode, word_timestamps=options.word_timestamps)
-        for item in items:
-            item.logprobs = options.logprobs
-        if self.multilingual and decode.language is None and items:
+        elif decode.language is None and items:
             language, probability = self.detect_language(items[0].speech)
-            items = [replace(item, decode=replace(decode, language=language)) for item in items]
+            decode = replace(decode, language=language)
         return PreparedAudio(
-            items=items,
+            items=[
+                item if item.decode == decode else replace(item, decode=decode) for item in items
+            ],
             language=language,
             language_probability=probability,
-            duration_s=audio.shape[0] / SAMPLE_RATE,
+            duration_s=duration_s,
             options=options,
         )
 
