@@ -19,7 +19,7 @@ compared with.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import ctranslate2
@@ -42,22 +42,25 @@ from services.transcription.model_files import resolve_model_dir, served_model_i
 from services.transcription.packing import (
     ItemResult,
     Piece,
+    RunStats,
     Window,
     WorkItem,
     group_by_decode,
     plan_windows,
     split_into_items,
+    window_audio,
     window_fill,
+    windows_for,
 )
 from services.transcription.splitting import (
-    compression_ratio,
     cut_short,
+    repetitive,
     spans_callers,
     split_window,
+    text_ratio,
     unheard_tail,
 )
 from services.transcription.whisper_adapter import (
-    COMPRESSION_RATIO_THRESHOLD,
     WindowDecoder,
     speech_clips,
     speech_spans,
@@ -65,8 +68,6 @@ from services.transcription.whisper_adapter import (
 )
 
 __all__ = [
-    "COMPRESSION_RATIO_THRESHOLD",
-    "RunStats",
     "WhisperEngine",
     "find_items",
     "speech_spans",
@@ -75,20 +76,6 @@ __all__ = [
 log = get_logger(__name__)
 
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
-
-
-@dataclass
-class RunStats:
-    """What the last `run` did, for metrics."""
-
-    windows: int = 0
-    speech_s: float = 0.0
-    retried: int = 0
-    fallbacks: int = 0
-
-    @property
-    def fill_s(self) -> float:
-        return self.speech_s / self.windows if self.windows else 0.0
 
 
 def find_items(audio: Waveform, options: TranscriptionOptions) -> list[WorkItem]:
@@ -236,7 +223,7 @@ class WhisperEngine:
                 # seconds long (the last utterance of a full window). One cut short again
                 # is then decoded alone.
                 self.last_run.retried += len(cut_short_items)
-                again = _windows_of(group, sorted(set(cut_short_items)), pack=pack)
+                again = windows_for(group, sorted(set(cut_short_items)), pack=pack)
                 for start in range(0, len(again), self.decode_batch_size):
                     chunk = again[start : start + self.decode_batch_size]
                     self._decode_isolating_failures(group, chunk, decode, group_results)
@@ -268,7 +255,7 @@ class WhisperEngine:
                 redo = set() if later is not None else set(short)
                 for item_index, item_segments in split.items():
                     out[item_index] = item_segments
-                    if len(window.placements) > 1 and _repetitive(item_segments):
+                    if len(window.placements) > 1 and repetitive(item_segments):
                         redo.add(item_index)  # a loop: decoded alone, it may fall back
                 if later is not None:
                     later.extend(i for i in short if i not in redo)
@@ -339,7 +326,7 @@ class WhisperEngine:
         looping = [
             k
             for k, segments in enumerate(results)
-            if len(windows[k].placements) == 1 and _repetitive(segments)
+            if len(windows[k].placements) == 1 and repetitive(segments)
         ]
         for temperature in FALLBACK_TEMPERATURES:
             if not looping or temperature <= decode.temperature:
@@ -348,9 +335,9 @@ class WhisperEngine:
             hotter = replace(decode, temperature=temperature)
             retried = self._decode_once(group, [windows[k] for k in looping], hotter)
             for k, segments in zip(looping, retried, strict=True):
-                if _text_ratio(segments) < _text_ratio(results[k]):
+                if text_ratio(segments) < text_ratio(results[k]):
                     results[k] = segments
-            looping = [k for k in looping if _repetitive(results[k])]
+            looping = [k for k in looping if repetitive(results[k])]
         return results
 
     def _decode_once(
@@ -368,7 +355,7 @@ class WhisperEngine:
                 spans_callers(window, group, segments)
             )
 
-        audios = [_window_audio(group, window) for window in windows]
+        audios = [window_audio(group, window) for window in windows]
         return self._decoder.decode(audios, decode, needs_words=needs_words)
 
     def _tokenize(self, text: str) -> list[int]:
@@ -397,31 +384,3 @@ class WhisperEngine:
         (result,) = self.run([item])
         if isinstance(result, Exception):
             raise RuntimeError("the warm-up transcription failed") from result
-
-
-def _text_ratio(segments: Sequence[Segment]) -> float:
-    return compression_ratio("".join(segment.text for segment in segments))
-
-
-def _repetitive(segments: Sequence[Segment]) -> bool:
-    return _text_ratio(segments) > COMPRESSION_RATIO_THRESHOLD
-
-
-def _windows_of(group: Sequence[WorkItem], indices: list[int], *, pack: bool) -> list[Window]:
-    """Windows for just `group[i]` for i in `indices` (placements keep group indices)."""
-    planned = plan_windows([group[i].samples for i in indices], pack=pack)
-    windows = []
-    for plan in planned:
-        window = Window()
-        for placement in plan.placements:
-            window.add(indices[placement.item], group[indices[placement.item]].samples)
-        windows.append(window)
-    return windows
-
-
-def _window_audio(group: Sequence[WorkItem], window: Window) -> Waveform:
-    audio = np.zeros(window.samples, dtype=np.float32)
-    for placement in window.placements:
-        speech = group[placement.item].speech
-        audio[placement.window_offset : placement.window_offset + speech.shape[0]] = speech
-    return audio

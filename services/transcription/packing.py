@@ -272,3 +272,38 @@ def window_fill(item_samples: Sequence[int], windows: Sequence[Window]) -> float
     if not windows:
         return 0.0
     return sum(item_samples) / SAMPLE_RATE / len(windows)
+
+
+def windows_for(items: Sequence[WorkItem], indices: list[int], *, pack: bool) -> list[Window]:
+    """Windows for just `items[i]` for i in `indices` (placements keep the indices into
+    `items`): how the engine decodes a subset again."""
+    windows = []
+    for plan in plan_windows([items[i].samples for i in indices], pack=pack):
+        window = Window()
+        for placement in plan.placements:
+            window.add(indices[placement.item], items[indices[placement.item]].samples)
+        windows.append(window)
+    return windows
+
+
+def window_audio(items: Sequence[WorkItem], window: Window) -> Waveform:
+    """The window's waveform: each placed item's speech at its offset, silence between."""
+    audio = np.zeros(window.samples, dtype=np.float32)
+    for placement in window.placements:
+        speech = items[placement.item].speech
+        audio[placement.window_offset : placement.window_offset + speech.shape[0]] = speech
+    return audio
+
+
+@dataclass
+class RunStats:
+    """What the last `run` did, for metrics."""
+
+    windows: int = 0
+    speech_s: float = 0.0
+    retried: int = 0
+    fallbacks: int = 0
+
+    @property
+    def fill_s(self) -> float:
+        return self.speech_s / self.windows if self.windows else 0.0

@@ -15,6 +15,9 @@ from dataclasses import replace
 from services.transcription.domain import SAMPLE_RATE, Segment, Word
 from services.transcription.packing import Placement, Window, WorkItem
 
+COMPRESSION_RATIO_THRESHOLD = 2.4
+"""Whisper's sign of a repetition loop: the window's text compresses more than this."""
+
 MISSING_TAIL_S = 1.5
 """An item whose words end this long before its speech does was cut short by the model."""
 
@@ -189,3 +192,12 @@ def _cut_segment(
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def text_ratio(segments: Sequence[Segment]) -> float:
+    """The compression ratio of the segments' text (high: Whisper repeating itself)."""
+    return compression_ratio("".join(segment.text for segment in segments))
+
+
+def repetitive(segments: Sequence[Segment]) -> bool:
+    return text_ratio(segments) > COMPRESSION_RATIO_THRESHOLD

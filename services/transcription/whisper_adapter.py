@@ -42,14 +42,13 @@ from services.transcription.domain import (
     Word,
 )
 from services.transcription.logprobs import token_logprob
+from services.transcription.splitting import COMPRESSION_RATIO_THRESHOLD
 from services.transcription.vad_stream import FRAME_SAMPLES, SpeechTracker, VadLimits
 
 WRITTEN_FOR = "1.2.1"
 """The faster-whisper version whose internals `_Pipeline` was written against."""
 
 WINDOW_S = 30.0
-COMPRESSION_RATIO_THRESHOLD = 2.4
-"""Whisper's sign of a repetition loop: the window's text compresses more than this."""
 
 _HOST = ctranslate2.Device.cpu
 _VAD = VadOptions(max_speech_duration_s=WINDOW_S, min_silence_duration_ms=160)
