@@ -84,7 +84,7 @@ def check_speakers(names: list[str], references: list[str]) -> list[str]:
         raise InvalidRequestError(
             f"{NAMES_FIELD}[] and {REFERENCES_FIELD}[] must pair up one to one; got "
             f"{len(names)} names and {len(references)} references.",
-            param=REFERENCES_FIELD if names else NAMES_FIELD,
+            param=REFERENCES_FIELD if len(names) > len(references) else NAMES_FIELD,
         )
     if len(references) > MAX_REFERENCES:
         raise InvalidRequestError(
