@@ -6,7 +6,8 @@ imports the deployment itself (`cluster/` never imports from `deployments/`).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -17,6 +18,24 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from services.core.errors import OverloadedError, UnavailableError
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from services.transcription.streaming import StreamEvent
+
+
+@contextmanager
+def serve_call_errors(service: str) -> Iterator[None]:
+    """A call through a Serve handle, its failures as service errors: a full queue is 503
+    with `Retry-After` (not the 500 Serve would otherwise show), and so is a replica that
+    died mid-request. `service` names it in the message ("transcription")."""
+    try:
+        yield
+    except BackPressureError as exc:
+        raise OverloadedError(
+            f"The {service} service is at capacity; retry shortly.", retry_after_s=2
+        ) from exc
+    except RayActorError as exc:
+        raise UnavailableError(
+            f"The {service} replica stopped while handling the request; retry it.",
+            retry_after_s=2,
+        ) from exc
 
 
 class ServeTranscriber:
@@ -33,19 +52,10 @@ class ServeTranscriber:
         self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
     ) -> Transcript:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
+        with serve_call_errors("transcription"):
             transcript: Transcript = await self._handle.transcribe.remote(
                 audio, options, request_id, background
             )
-        except BackPressureError as exc:
-            raise OverloadedError(
-                "The transcription service is at capacity; retry shortly.", retry_after_s=2
-            ) from exc
-        except RayActorError as exc:
-            raise UnavailableError(
-                "The transcription replica stopped while handling the request; retry it.",
-                retry_after_s=2,
-            ) from exc
         return transcript
 
     async def transcribe_stream(
@@ -74,19 +84,10 @@ class ServeTranscriber:
 
     async def detect_languages(self, audio: Waveform) -> list[tuple[str, float]]:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
+        with serve_call_errors("transcription"):
             ranked: list[tuple[str, float]] = await self._handle.detect_languages.remote(
                 audio, request_id
             )
-        except BackPressureError as exc:
-            raise OverloadedError(
-                "The transcription service is at capacity; retry shortly.", retry_after_s=2
-            ) from exc
-        except RayActorError as exc:
-            raise UnavailableError(
-                "The transcription replica stopped while handling the request; retry it.",
-                retry_after_s=2,
-            ) from exc
         return ranked
 
     async def ready(self) -> bool:

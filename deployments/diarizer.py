@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
-from services.core.errors import OverloadedError, UnavailableError
+from cluster.whisper_client import serve_call_errors
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
 from services.diarization.pipeline import Diarizer, Reference, Turn
@@ -83,17 +81,8 @@ class ServeDiarizer:
         num_speakers: int | None,
         references: list[tuple[str, Waveform]],
     ) -> list[Turn]:
-        try:
+        with serve_call_errors("speaker-labelling"):
             turns: list[dict[str, Any]] = await self._handle.diarize.remote(
                 audio, num_speakers, references
             )
-        except BackPressureError as exc:
-            raise OverloadedError(
-                "The speaker-labelling service is at capacity; retry shortly.", retry_after_s=2
-            ) from exc
-        except RayActorError as exc:
-            raise UnavailableError(
-                "The speaker-labelling replica stopped while handling the request; retry it.",
-                retry_after_s=2,
-            ) from exc
         return [Turn(float(t["start"]), float(t["end"]), str(t["speaker"])) for t in turns]
