@@ -21,19 +21,19 @@ from services.transcription.streaming import StreamEvent
 
 
 @contextmanager
-def serve_errors() -> Iterator[None]:
-    """Serve's failures as service errors, both 503 with `Retry-After`: a full queue
-    (`BackPressureError`, which Serve would otherwise show as a 500) and a replica that
-    died mid-request (`RayActorError`)."""
+def serve_call_errors(service: str) -> Iterator[None]:
+    """A call through a Serve handle, its failures as service errors: a full queue is 503
+    with `Retry-After` (not the 500 Serve would otherwise show), and so is a replica that
+    died mid-request. `service` names it in the message ("transcription")."""
     try:
         yield
     except BackPressureError as exc:
         raise OverloadedError(
-            "The transcription service is at capacity; retry shortly.", retry_after_s=2
+            f"The {service} service is at capacity; retry shortly.", retry_after_s=2
         ) from exc
     except RayActorError as exc:
         raise UnavailableError(
-            "The transcription replica stopped while handling the request; retry it.",
+            f"The {service} replica stopped while handling the request; retry it.",
             retry_after_s=2,
         ) from exc
 
@@ -41,7 +41,8 @@ def serve_errors() -> Iterator[None]:
 class ServeTranscriber:
     """The services' `Transcriber` protocol over a handle to `WhisperTranscriber`.
 
-    Every call maps Serve's failures to service errors through `serve_errors`.
+    Maps Serve's failures to service errors: a full queue is 503 with `Retry-After`, not
+    the 500 Serve would otherwise show; a replica that died mid-request is 503 too.
     """
 
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
@@ -51,7 +52,7 @@ class ServeTranscriber:
         self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
     ) -> Transcript:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        with serve_errors():
+        with serve_call_errors("transcription"):
             transcript: Transcript = await self._handle.transcribe.remote(
                 audio, options, request_id, background
             )
@@ -67,7 +68,7 @@ class ServeTranscriber:
             stream=True
         ).transcribe_stream.remote(audio, options, request_id, False)
         try:
-            with serve_errors():
+            with serve_call_errors("transcription"):
                 async for event in stream:
                     yield event
         finally:
@@ -75,7 +76,7 @@ class ServeTranscriber:
 
     async def detect_languages(self, audio: Waveform) -> list[tuple[str, float]]:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        with serve_errors():
+        with serve_call_errors("transcription"):
             ranked: list[tuple[str, float]] = await self._handle.detect_languages.remote(
                 audio, request_id
             )

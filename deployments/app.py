@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from ray.serve import Application
 
 from cluster.job_tracker import JobTracker
+from deployments.diarizer import SpeakerDiarizer
 from deployments.ingress import Ingress
 from deployments.transcriber import WhisperTranscriber, deployment_name
 from services.core.logging import get_logger
@@ -99,7 +100,16 @@ def build_app(args: AppArgs) -> Application:
     transcribers = {model.id: whisper_deployment(settings, models, model.id) for model in models}
     # `@serve.deployment` turns the classes into Deployments; its typing does not say so.
     tracker = JobTracker.bind(transcribers, settings, release)  # type: ignore[attr-defined]
-    app: Application = Ingress.bind(transcribers, tracker, settings)  # type: ignore[attr-defined]
+    # Speaker labels: a CPU deployment of its own, built only when enabled (it needs the
+    # `rayscribe[diarization]` extra); without it diarized_json answers 400.
+    diarizer = (
+        SpeakerDiarizer.bind(settings)  # type: ignore[attr-defined]
+        if settings.diarization.enabled
+        else None
+    )
+    app: Application = Ingress.bind(  # type: ignore[attr-defined]
+        transcribers, tracker, settings, diarizer
+    )
     return app
 
 

@@ -25,7 +25,7 @@ from services.core.paging import MAX_PAGE
 from services.core.settings import Settings
 from services.jobs.service import JobsService
 from services.resources import Resources
-from services.transcription.service import Transcriber, TranscriptionService
+from services.transcription.service import SpeakerLabeller, Transcriber, TranscriptionService
 
 
 @dataclass
@@ -55,12 +55,14 @@ def build_ingress_resources(
     model: Check | None = None,
     jobs: Check | None = None,
     ray_jobs: RayJobs | None = None,
+    diarizer: SpeakerLabeller | None = None,
 ) -> IngressResources:
     """`model` and `jobs` are held states a refresher keeps (the ingress passes them); the
     probe never calls the model replica. Without `model` the transcriber is in-process
     (tests, tools) and counts as up; without `jobs` no tracker is reported.
 
-    `transcriber` is one per served model id, or a single one for the default model."""
+    `transcriber` is one per served model id, or a single one for the default model;
+    `diarizer` labels speakers (`diarized_json`), absent unless diarization is enabled."""
     settings = shared.settings
     transcribers = (
         dict(transcriber) if isinstance(transcriber, Mapping) else {shared.model_id: transcriber}
@@ -79,6 +81,7 @@ def build_ingress_resources(
             shared.model_results,
             models=shared.models,
             sync_max_duration_s=settings.server.sync_max_duration_s,
+            diarizer=diarizer,
         ),
         readiness=ReadinessService(
             required={

@@ -3,7 +3,8 @@
 Its own deployment so that diarization runs in parallel with transcription rather than
 inside a Whisper replica's batch loop. Built only when `RAYSCRIBE_DIARIZATION__ENABLED=true`
 and the `rayscribe[diarization]` extra is installed (torch, the encoder weights, scikit-learn).
-Not yet wired into the ingress: see the README's "Speaker labels" section.
+The ingress reaches it through `ServeDiarizer`, the services' `SpeakerLabeller` over its
+handle, for `response_format=diarized_json` on synchronous transcriptions.
 """
 
 from __future__ import annotations
@@ -14,20 +15,25 @@ from typing import Any
 
 import numpy as np
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
+from cluster.whisper_client import serve_call_errors
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
-from services.diarization.pipeline import Diarizer, Reference
+from services.diarization.pipeline import Diarizer, Reference, Turn
+from services.transcription.domain import Waveform
 
 log = get_logger(__name__)
 
 DEPLOYMENT_NAME = "SpeakerDiarizer"
+NUM_CPUS = 0.25
+"""What the deployment reserves: it runs beside a Whisper replica, mostly idle."""
 
 
 @serve.deployment(
     name=DEPLOYMENT_NAME,
     max_ongoing_requests=8,
-    ray_actor_options={"num_cpus": 1, "num_gpus": 0},
+    ray_actor_options={"num_cpus": NUM_CPUS, "num_gpus": 0},
     health_check_period_s=10,
     health_check_timeout_s=30,
 )
@@ -60,3 +66,23 @@ class SpeakerDiarizer:
     ) -> list[dict[str, Any]]:
         """Speaker turns (`start`, `end` in seconds, `speaker`) of 16 kHz mono audio."""
         return await asyncio.to_thread(self._run, audio, num_speakers, references or [])
+
+
+class ServeDiarizer:
+    """The services' `SpeakerLabeller` over a handle to `SpeakerDiarizer`; a full queue or
+    a replica lost mid-request is 503, as for the Whisper deployment."""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def diarize(
+        self,
+        audio: Waveform,
+        num_speakers: int | None,
+        references: list[tuple[str, Waveform]],
+    ) -> list[Turn]:
+        with serve_call_errors("speaker-labelling"):
+            turns: list[dict[str, Any]] = await self._handle.diarize.remote(
+                audio, num_speakers, references
+            )
+        return [Turn(float(t["start"]), float(t["end"]), str(t["speaker"])) for t in turns]

@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster import metrics
 from cluster.whisper_client import ServeTranscriber
 from deployments.dependencies import build_ingress_resources
+from deployments.diarizer import ServeDiarizer
 from deployments.fastapi_app import create_app
 from deployments.transcriber import deployment_name
 from services.core.disk_metrics import DiskSampler
@@ -45,8 +46,10 @@ class Ingress:
         transcribers: dict[str, DeploymentHandle[Any]],
         tracker: DeploymentHandle[Any],
         settings: Settings,
+        diarizer: DeploymentHandle[Any] | None = None,
     ) -> None:
-        """`transcribers`: each served model's Whisper deployment, by model id."""
+        """`transcribers`: each served model's Whisper deployment, by model id; `diarizer`:
+        the `SpeakerDiarizer` deployment when speaker labels are enabled."""
         configure_logging(settings.logging.level)
         self._app_name = serve.get_replica_context().app_name
         self._tracker = tracker
@@ -60,6 +63,7 @@ class Ingress:
             {model_id: ServeTranscriber(handle) for model_id, handle in transcribers.items()},
             model=self._model_status,
             jobs=self._jobs_status,
+            diarizer=ServeDiarizer(diarizer) if diarizer is not None else None,
         )
         self._refresher = Refresher(
             {

@@ -23,6 +23,7 @@ from services.transcription.domain import Task
 from services.transcription.formats import RenderedTranscript, usage_of_seconds
 from services.transcription.languages import language_name
 from services.transcription.request import TranscriptionRequest
+from services.transcription.request_speakers import MAX_REFERENCE_FIELD_BYTES
 from services.transcription.responses import LanguageDetection, LanguageProbability
 
 STREAMED_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -56,6 +57,10 @@ def rendered_response(rendered: RenderedTranscript) -> Response:
     "`transcript.text.delta` events as each piece is final, then `transcript.text.done`; "
     "a failure after the stream started is an `error` event.",
     responses={**STREAMED_RESPONSES, **UPLOAD_ERRORS},
+    # known_speaker_references[] are audio clips as data URLs: a text part may be this big
+    # here (Starlette's default is 1 MiB); the request model holds every other field to
+    # MAX_TEXT_FIELD_CHARS.
+    form_limits={"max_part_size": MAX_REFERENCE_FIELD_BYTES},
 )
 async def create_transcription(
     service: TranscriptionServiceDep,

@@ -245,7 +245,7 @@ class DiarizationSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     enabled: bool = False
-    """Reserved for speaker labels (`response_format=diarized_json`), which are not in this release yet: the setting has no effect."""
+    """Speaker labels (`response_format=diarized_json`, synchronous transcriptions): builds the `SpeakerDiarizer` deployment. Needs the extra `rayscribe[diarization]`."""
 
 
 class LoggingSettings(BaseModel):

@@ -30,6 +30,7 @@ class ResponseFormat(StrEnum):
     SRT = "srt"
     VERBOSE_JSON = "verbose_json"
     VTT = "vtt"
+    DIARIZED_JSON = "diarized_json"
 
 
 class TimestampGranularity(StrEnum):

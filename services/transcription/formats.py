@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from services.core.errors import InvalidRequestError
 from services.transcription.domain import (
     ResponseFormat,
     Segment,
@@ -52,6 +53,13 @@ def render(transcript: Transcript, request: TranscriptionRequest) -> RenderedTra
             include_segments=request.wants_segments,
         )
         return RenderedTranscript(body, "application/json")
+    if fmt is ResponseFormat.DIARIZED_JSON:
+        # Speaker turns come from the diarizer beside the model, on synchronous requests
+        # only (the transcription service renders those itself).
+        raise InvalidRequestError(
+            "response_format=diarized_json is answered on POST /v1/audio/transcriptions only.",
+            param="response_format",
+        )
     text = {ResponseFormat.TEXT: to_text, ResponseFormat.SRT: to_srt, ResponseFormat.VTT: to_vtt}
     return RenderedTranscript(text[fmt](transcript), TEXT_MEDIA_TYPES[fmt])
 

@@ -39,6 +39,14 @@ from services.transcription.request_options import (
     parse_chunking,
     vad_of,
 )
+from services.transcription.request_speakers import (
+    MAX_SPEAKERS,
+    NAMES_FIELD,
+    REFERENCES_FIELD,
+    check_field_sizes,
+    check_speakers,
+    reference_audio,
+)
 
 OPENAI_MODEL_ALIAS = "whisper-1"
 MAX_PROMPT_CHARS = 2000
@@ -104,9 +112,30 @@ class TranscriptionRequest(BaseModel):
         "as the same.",
     )
 
+    num_speakers: int | None = Field(
+        default=None,
+        description=f"Ours, with `diarized_json`: how many people speak (1 to {MAX_SPEAKERS}), "
+        "when known; found from the audio if absent.",
+        json_schema_extra={"minimum": 1, "maximum": MAX_SPEAKERS},
+    )
+    known_speaker_names: list[str] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices(f"{NAMES_FIELD}[]", NAMES_FIELD),
+        description="With `diarized_json`: names for the speakers of "
+        "`known_speaker_references[]`, in the same order.",
+    )
+    known_speaker_references: list[str] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices(f"{REFERENCES_FIELD}[]", REFERENCES_FIELD),
+        description="With `diarized_json`: 2 to 10 s of each known speaker's voice, as data "
+        "URLs (`data:audio/wav;base64,...`); up to 8. Segments in a matching voice take the "
+        "paired name.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _fold_form(cls, data: Any) -> Any:
+        check_field_sizes(data)
         data = fold_form(data)
         if isinstance(data, dict) and not data.get("hotwords"):
             keywords = data.get("keywords[]", data.get("keywords"))
@@ -138,8 +167,29 @@ class TranscriptionRequest(BaseModel):
     def _include_set(cls, include: list[Literal["logprobs"]]) -> list[Literal["logprobs"]]:
         return sorted(set(include))
 
+    @field_validator("num_speakers", mode="after")
+    @classmethod
+    def _speaker_count(cls, num_speakers: int | None) -> int | None:
+        if num_speakers is not None and not 1 <= num_speakers <= MAX_SPEAKERS:
+            raise InvalidRequestError(
+                f"num_speakers must be between 1 and {MAX_SPEAKERS}, got {num_speakers}.",
+                param="num_speakers",
+            )
+        return num_speakers
+
     @model_validator(mode="after")
     def _consistent(self) -> TranscriptionRequest:
+        if self.response_format is ResponseFormat.DIARIZED_JSON:
+            self.known_speaker_names = check_speakers(
+                self.known_speaker_names, self.known_speaker_references
+            )
+        elif self.wants_speakers:
+            raise InvalidRequestError(
+                "num_speakers, known_speaker_names[] and known_speaker_references[] apply to "
+                f"response_format=diarized_json only; response_format is "
+                f"{self.response_format.value}.",
+                param="response_format",
+            )
         if self.stream and self.response_format not in (ResponseFormat.JSON, ResponseFormat.TEXT):
             raise InvalidRequestError(
                 "stream=true answers with transcript.text events; response_format must be "
@@ -214,6 +264,19 @@ class TranscriptionRequest(BaseModel):
                 "include[]=logprobs is supported on POST /v1/audio/transcriptions only.",
                 param="include",
             )
+        if self.response_format is ResponseFormat.DIARIZED_JSON:
+            if task is Task.TRANSLATE:
+                raise InvalidRequestError(
+                    "response_format=diarized_json labels speakers of a transcription; "
+                    "translations do not support it.",
+                    param="response_format",
+                )
+            if not live:
+                raise InvalidRequestError(
+                    "response_format=diarized_json is supported on POST "
+                    "/v1/audio/transcriptions only (not yet on jobs or batches).",
+                    param="response_format",
+                )
         update: dict[str, Any] = {"task": task}
         if task is Task.TRANSLATE:
             update["language"] = None
@@ -243,6 +306,28 @@ class TranscriptionRequest(BaseModel):
         return TimestampGranularity.WORD in self.timestamp_granularities
 
     @property
+    def wants_speakers(self) -> bool:
+        """Speaker fields were given (they need `diarized_json`)."""
+        return bool(
+            self.num_speakers is not None
+            or self.known_speaker_names
+            or self.known_speaker_references
+        )
+
+    @property
+    def diarized(self) -> bool:
+        return self.response_format is ResponseFormat.DIARIZED_JSON
+
+    def speaker_references(self) -> list[tuple[str, bytes]]:
+        """Each known speaker's name and the encoded audio of their reference."""
+        return [
+            (name, reference_audio(url, index))
+            for index, (name, url) in enumerate(
+                zip(self.known_speaker_names, self.known_speaker_references, strict=True)
+            )
+        ]
+
+    @property
     def wants_segments(self) -> bool:
         return TimestampGranularity.SEGMENT in self.timestamp_granularities
 
@@ -257,7 +342,10 @@ class TranscriptionRequest(BaseModel):
 
     def engine_options(self) -> TranscriptionOptions:
         """What the model runs with for an answer now: word timing only when it is shown."""
-        words = self.response_format is ResponseFormat.VERBOSE_JSON and self.wants_words
+        # Speaker labels go word by word: diarized_json needs word timing too.
+        words = self.diarized or (
+            self.response_format is ResponseFormat.VERBOSE_JSON and self.wants_words
+        )
         return TranscriptionOptions(
             decode=self.decode_options(),
             word_timestamps=words,
@@ -287,5 +375,13 @@ class TranscriptionRequest(BaseModel):
             )
         if self.include:
             fields["include"] = list(self.include)
+        if self.wants_speakers:
+            fields["num_speakers"] = self.num_speakers
+            fields["known_speakers"] = [
+                [name, hashlib.sha256(url.encode()).hexdigest()]
+                for name, url in zip(
+                    self.known_speaker_names, self.known_speaker_references, strict=True
+                )
+            ]
         canonical = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(f"{audio_sha256}|{canonical}".encode()).hexdigest()

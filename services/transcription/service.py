@@ -8,10 +8,13 @@ is bounded before it gets here, by the HTTP edge's body limit.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from services.core.errors import InvalidRequestError, UnavailableError
+from services.core.errors import InvalidRequestError, ServiceError, UnavailableError
+from services.diarization.pipeline import MAX_REFERENCE_S, MIN_REFERENCE_S, Turn
+from services.diarization.render import diarized_json
 from services.transcription.audio import AudioTooLongError, decode_audio
 from services.transcription.domain import SAMPLE_RATE, Transcript, TranscriptionOptions, Waveform
 from services.transcription.formats import RenderedTranscript, render
@@ -57,6 +60,29 @@ class LiveTranscriber(Transcriber, Protocol):
     async def detect_languages(self, audio: Waveform) -> list[tuple[str, float]]: ...
 
 
+class SpeakerLabeller(Protocol):
+    """Who spoke when (the `SpeakerDiarizer` deployment in production): speaker turns of
+    a 16 kHz waveform, named after the matching `references` (name, waveform) if any."""
+
+    async def diarize(
+        self,
+        audio: Waveform,
+        num_speakers: int | None,
+        references: list[tuple[str, Waveform]],
+    ) -> list[Turn]: ...
+
+
+class DiarizationUnavailableError(InvalidRequestError):
+    default_code = "diarization_unavailable"
+
+
+DIARIZATION_UNAVAILABLE = (
+    "Speaker labels (response_format=diarized_json) are not enabled on this server. To "
+    "enable them, install the extra `rayscribe[diarization]` and set "
+    "RAYSCRIBE_DIARIZATION__ENABLED=true."
+)
+
+
 class TranscriptionService:
     """Routes each request to its model's transcriber and result cache (`models.resolve`)."""
 
@@ -67,6 +93,7 @@ class TranscriptionService:
         *,
         models: ServedModels,
         sync_max_duration_s: float,
+        diarizer: SpeakerLabeller | None = None,
     ) -> None:
         missing = set(models.ids) - set(transcribers) | set(models.ids) - set(results)
         if missing:
@@ -75,6 +102,7 @@ class TranscriptionService:
         self._results_by_model = dict(results)
         self.models = models
         self._sync_max_duration_s = sync_max_duration_s
+        self._diarizer = diarizer
 
     @property
     def model_id(self) -> str:
@@ -106,6 +134,8 @@ class TranscriptionService:
 
         `admit` is charged the decoded length before inference (it raises to refuse)."""
         model, transcriber = self.route(request)
+        if request.diarized:
+            return await self._diarized(file, request, transcriber, admit)
         results = self._results_by_model[model.id]
         options = request.engine_options()
         audio_sha256 = await asyncio.to_thread(sha256_of, file) if results.enabled else ""
@@ -118,6 +148,55 @@ class TranscriptionService:
         transcript = await transcriber.transcribe(audio, options)
         await results.put(audio_sha256, options, transcript)
         return render(transcript, request)
+
+    async def _diarized(
+        self,
+        file: BinaryIO,
+        request: TranscriptionRequest,
+        transcriber: Transcriber,
+        admit: Callable[[float], Awaitable[None]] | None,
+    ) -> RenderedTranscript:
+        """Transcription with word timing and diarization side by side, then each word takes
+        the speaker of the turn at its midpoint (`diarized_json`)."""
+        if self._diarizer is None:
+            raise DiarizationUnavailableError(DIARIZATION_UNAVAILABLE, param="response_format")
+        references = [
+            (name, await self._reference(clip, index))
+            for index, (name, clip) in enumerate(request.speaker_references())
+        ]
+        audio = await self._decode(file)
+        if admit is not None:
+            await admit(len(audio) / SAMPLE_RATE)
+        transcript, turns = await asyncio.gather(
+            transcriber.transcribe(audio, request.engine_options()),
+            self._diarizer.diarize(audio, request.num_speakers, references),
+        )
+        return RenderedTranscript(diarized_json(transcript, turns), "application/json")
+
+    async def _reference(self, clip: bytes, index: int) -> Waveform:
+        param = "known_speaker_references"
+        try:
+            audio = await asyncio.to_thread(
+                decode_audio, io.BytesIO(clip), max_duration_s=MAX_REFERENCE_S + 0.5
+            )
+        except AudioTooLongError as exc:
+            raise InvalidRequestError(
+                f"{param}[{index}] is longer than {MAX_REFERENCE_S:g} s; send 2 to 10 s of "
+                "the speaker's voice.",
+                param=param,
+            ) from exc
+        except ServiceError as exc:
+            raise InvalidRequestError(
+                f"{param}[{index}] could not be decoded as audio: {exc.message}", param=param
+            ) from exc
+        seconds = len(audio) / SAMPLE_RATE
+        if not MIN_REFERENCE_S - 0.5 <= seconds <= MAX_REFERENCE_S + 0.5:
+            raise InvalidRequestError(
+                f"{param}[{index}] lasts {seconds:.1f} s; send {MIN_REFERENCE_S:g} to "
+                f"{MAX_REFERENCE_S:g} s of the speaker's voice.",
+                param=param,
+            )
+        return audio
 
     async def stream(
         self,

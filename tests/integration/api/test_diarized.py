@@ -1,0 +1,219 @@
+"""Speaker labels on the Serve app: `response_format=diarized_json` through the `openai`
+client and raw HTTP, on a flite conversation of distinct recorded voices (built as the
+diarization tests build theirs). The main app has diarization enabled; `/multi` does not."""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.diarization.conversations import SAMPLE_RATE, conversation, reference_audio
+
+pytestmark = pytest.mark.integration
+
+
+def _wav(audio: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def _data_url(audio: bytes, mime: str = "audio/wav") -> str:
+    return f"data:{mime};base64,{base64.b64encode(audio).decode()}"
+
+
+CONVERSATION, TRUTH = conversation(2, rounds=2, gap_s=0.4, seed=3)
+WAV = _wav(CONVERSATION)
+VOICES = ["awb", "rms"]
+
+
+@pytest.fixture(scope="module")
+def client(serve_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def _speaker_runs(segments: list[Any]) -> list[str]:
+    """The speakers of the segments, repeats of one speaker folded."""
+    runs: list[str] = []
+    for segment in segments:
+        if not runs or runs[-1] != segment.speaker:
+            runs.append(segment.speaker)
+    return runs
+
+
+def _truth_runs(mapping: dict[str, str]) -> list[str]:
+    return [mapping[turn.speaker] for turn in TRUTH]
+
+
+def test_diarized_json_labels_each_turn(client: openai.OpenAI) -> None:
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("talk.wav", WAV),
+        response_format="diarized_json",
+    )
+    assert result.task == "transcribe"
+    assert result.duration == pytest.approx(CONVERSATION.size / SAMPLE_RATE, abs=0.05)
+    assert result.usage is not None
+    assert "harbour" in result.text.lower() or "bicycle" in result.text.lower()
+    assert {s.type for s in result.segments} == {"transcript.text.segment"}
+    assert [s.id for s in result.segments] == [f"seg_{i}" for i in range(len(result.segments))]
+    assert {s.speaker for s in result.segments} == {"A", "B"}
+    first = TRUTH[0].speaker
+    other = next(t.speaker for t in TRUTH if t.speaker != first)
+    assert _speaker_runs(result.segments) == _truth_runs({first: "A", other: "B"})
+    for segment in result.segments:
+        assert 0 <= segment.start < segment.end <= result.duration + 0.05
+        assert segment.text.strip()
+
+
+def test_known_speakers_name_the_turns(client: openai.OpenAI) -> None:
+    references = [_data_url(_wav(reference_audio(voice))) for voice in VOICES]
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("talk.wav", WAV),
+        response_format="diarized_json",
+        known_speaker_names=["Alice", "Bob"],
+        known_speaker_references=references,
+        extra_body={"num_speakers": 2},
+    )
+    assert _speaker_runs(result.segments) == _truth_runs({"awb": "Alice", "rms": "Bob"})
+
+
+def test_num_speakers_fixes_the_count(client: openai.OpenAI) -> None:
+    result = client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("talk.wav", WAV),
+        response_format="diarized_json",
+        extra_body={"num_speakers": 1},
+    )
+    assert {s.speaker for s in result.segments} == {"A"}
+
+
+# -- bad input, raw HTTP --------------------------------------------------------------------
+
+SHORT_REFERENCE = _data_url(_wav(reference_audio("awb")))
+
+
+def _post(
+    http: httpx.Client, path: str = "/v1/audio/transcriptions", **fields: Any
+) -> httpx.Response:
+    data = {"model": "whisper-1", "response_format": "diarized_json", **fields}
+    return http.post(path, files={"file": ("talk.wav", WAV)}, data=data)
+
+
+def _error(response: httpx.Response, status: int = 400) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def test_translation_refuses_diarized_json(http: httpx.Client) -> None:
+    error = _error(_post(http, "/v1/audio/translations"))
+    assert error["param"] == "response_format"
+    assert "translation" in error["message"]
+
+
+def test_jobs_refuse_diarized_json(http: httpx.Client) -> None:
+    error = _error(_post(http, "/v1/jobs"))
+    assert error["param"] == "response_format"
+    assert "/v1/audio/transcriptions" in error["message"]
+
+
+def test_too_many_references(http: httpx.Client) -> None:
+    names = [f"n{i}" for i in range(9)]
+    error = _error(
+        _post(
+            http,
+            **{"known_speaker_names[]": names, "known_speaker_references[]": [SHORT_REFERENCE] * 9},
+        )
+    )
+    assert error["param"] == "known_speaker_references"
+    assert "At most 8" in error["message"]
+
+
+def test_names_and_references_must_pair(http: httpx.Client) -> None:
+    error = _error(
+        _post(
+            http,
+            **{
+                "known_speaker_names[]": ["Alice", "Bob"],
+                "known_speaker_references[]": [SHORT_REFERENCE],
+            },
+        )
+    )
+    assert "pair" in error["message"]
+    assert "2 names and 1 references" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("reference", "said"),
+    [
+        ("https://example.com/alice.wav", "data URL of audio"),
+        ("data:text/plain;base64,aGVsbG8=", "data URL of audio"),
+        ("data:audio/wav;base64,!!!not-base64!!!", "not valid base64"),
+        (_data_url(b"RIFF nonsense that is not audio"), "could not be decoded"),
+        (_data_url(_wav(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))), "lasts 0.5 s"),
+        (_data_url(_wav(np.zeros(12 * SAMPLE_RATE, dtype=np.float32))), "longer than 10 s"),
+    ],
+)
+def test_bad_reference(http: httpx.Client, reference: str, said: str) -> None:
+    error = _error(
+        _post(
+            http, **{"known_speaker_names[]": ["Alice"], "known_speaker_references[]": [reference]}
+        )
+    )
+    assert error["param"] == "known_speaker_references"
+    assert said in error["message"]
+
+
+def test_oversize_reference(http: httpx.Client) -> None:
+    """Past the decoded limit (2 MiB) the request model refuses it; past the route's part
+    limit (3 MiB of text) the multipart parser does. Both are 400s."""
+    big = "data:audio/wav;base64," + "A" * (2_900_000)
+    error = _error(
+        _post(http, **{"known_speaker_names[]": ["Alice"], "known_speaker_references[]": [big]})
+    )
+    assert "at most 2097152" in error["message"]
+    huge = "data:audio/wav;base64," + "A" * (3_300_000)
+    response = _post(
+        http, **{"known_speaker_names[]": ["Alice"], "known_speaker_references[]": [huge]}
+    )
+    assert response.status_code == 400, response.text
+    assert "size" in response.text.lower()
+
+
+def test_other_fields_stay_small(http: httpx.Client) -> None:
+    error = _error(_post(http, language="e" * 70_000))
+    assert error["param"] == "language"
+    assert "at most 65536" in error["message"]
+
+
+def test_speaker_fields_need_diarized_json(http: httpx.Client) -> None:
+    error = _error(_post(http, response_format="json", num_speakers="2"))
+    assert "diarized_json" in error["message"]
+
+
+@pytest.mark.parametrize("count", ["0", "9"])
+def test_num_speakers_range(http: httpx.Client, count: str) -> None:
+    error = _error(_post(http, num_speakers=count))
+    assert error["param"] == "num_speakers"
+
+
+def test_unavailable_without_the_setting(multi_http: httpx.Client) -> None:
+    error = _error(_post(multi_http))
+    assert error["code"] == "diarization_unavailable"
+    assert "rayscribe[diarization]" in error["message"]
+    assert "RAYSCRIBE_DIARIZATION__ENABLED=true" in error["message"]
