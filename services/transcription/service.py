@@ -134,9 +134,9 @@ class TranscriptionService:
 
         `admit` is charged the decoded length before inference (it raises to refuse)."""
         model, transcriber = self.route(request)
-        if request.diarized:
-            return await self._diarized(file, request, transcriber, admit)
         results = self._results_by_model[model.id]
+        if request.diarized:
+            return await self._diarized(file, request, transcriber, results, admit)
         options = request.engine_options()
         audio_sha256 = await asyncio.to_thread(sha256_of, file) if results.enabled else ""
         cached = await results.get(audio_sha256, options)
@@ -154,23 +154,32 @@ class TranscriptionService:
         file: BinaryIO,
         request: TranscriptionRequest,
         transcriber: Transcriber,
+        results: ResultCache,
         admit: Callable[[float], Awaitable[None]] | None,
     ) -> RenderedTranscript:
         """Transcription with word timing and diarization side by side, then each word takes
-        the speaker of the turn at its midpoint (`diarized_json`)."""
+        the speaker of the turn at its midpoint (`diarized_json`).
+
+        The transcription half goes through the result cache like any request with word
+        timestamps; the speaker turns depend on `num_speakers` and the references and are
+        computed every time."""
         if self._diarizer is None:
             raise DiarizationUnavailableError(DIARIZATION_UNAVAILABLE, param="response_format")
         references = [
             (name, await self._reference(clip, index))
             for index, (name, clip) in enumerate(request.speaker_references())
         ]
+        options = request.engine_options()
+        audio_sha256 = await asyncio.to_thread(sha256_of, file) if results.enabled else ""
+        cached = await results.get(audio_sha256, options)
         audio = await self._decode(file)
         if admit is not None:
             await admit(len(audio) / SAMPLE_RATE)
-        transcript, turns = await asyncio.gather(
-            transcriber.transcribe(audio, request.engine_options()),
-            self._diarizer.diarize(audio, request.num_speakers, references),
-        )
+        diarize = self._diarizer.diarize(audio, request.num_speakers, references)
+        if cached is not None:
+            return RenderedTranscript(diarized_json(cached, await diarize), "application/json")
+        transcript, turns = await asyncio.gather(transcriber.transcribe(audio, options), diarize)
+        await results.put(audio_sha256, options, transcript)
         return RenderedTranscript(diarized_json(transcript, turns), "application/json")
 
     async def _reference(self, clip: bytes, index: int) -> Waveform:
