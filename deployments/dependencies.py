@@ -56,10 +56,12 @@ def build_ingress_resources(
     jobs: Check | None = None,
     ray_jobs: RayJobs | None = None,
     diarizer: SpeakerLabeller | None = None,
+    speakers: Check | None = None,
 ) -> IngressResources:
-    """`model` and `jobs` are held states a refresher keeps (the ingress passes them); the
-    probe never calls the model replica. Without `model` the transcriber is in-process
-    (tests, tools) and counts as up; without `jobs` no tracker is reported.
+    """`model`, `jobs` and `speakers` are held states a refresher keeps (the ingress passes
+    them); the probe never calls the model replica. Without `model` the transcriber is
+    in-process (tests, tools) and counts as up; without `jobs` no tracker is reported, and
+    without `speakers` no speaker-labelling deployment.
 
     `transcriber` is one per served model id, or a single one for the default model;
     `diarizer` labels speakers (`diarized_json`), absent unless diarization is enabled."""
@@ -74,6 +76,9 @@ def build_ingress_resources(
         # Reported, not required: submissions are durable and sync traffic works without
         # the tracker, so its absence must not take the ingress out of rotation.
         optional["jobs"] = jobs
+    if speakers is not None:
+        # Reported, not required: only `diarized_json` needs it.
+        optional["speakers"] = speakers
     return IngressResources(
         shared=shared,
         transcription=TranscriptionService(

@@ -3,10 +3,10 @@
 Resources are built in the constructor (Serve does not honour FastAPI lifespan state
 reliably), and `__serve_build_asgi_app__` hands Serve the app built around them.
 
-Readiness of the model replica and of the job tracker is held here, refreshed every
-`HEALTH_REFRESH_S` on background threads: the model as Serve's controller sees it (a
-running replica has passed its health checks), the tracker from its `status()`, asked
-through its handle with a short timeout. `/readyz` reads these values; it never sends
+Readiness of the model replica, the job tracker and the speaker labeller (when enabled) is
+held here, refreshed every `HEALTH_REFRESH_S` on background threads: the model and the
+speaker labeller as Serve's controller sees them (a running replica has passed its health
+checks), the tracker from its `status()`, asked through its handle with a short timeout. `/readyz` reads these values; it never sends
 anything through the model's queue, and nothing here blocks the replica's event loop.
 """
 
@@ -21,6 +21,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster import metrics
 from cluster.whisper_client import ServeTranscriber
 from deployments.dependencies import build_ingress_resources
+from deployments.diarizer import DEPLOYMENT_NAME as DIARIZER_DEPLOYMENT
 from deployments.diarizer import ServeDiarizer
 from deployments.fastapi_app import create_app
 from deployments.transcriber import deployment_name
@@ -56,6 +57,7 @@ class Ingress:
         self._tracker_call: Any = None  # a DeploymentResponse not yet answered
         self._model_status = HeldStatus(max_age_s=HEALTH_MAX_AGE_S)
         self._jobs_status = HeldStatus(max_age_s=HEALTH_MAX_AGE_S)
+        self._speakers_status = HeldStatus(max_age_s=HEALTH_MAX_AGE_S)
         shared = build_resources(settings, nudge=self._nudge_tracker)
         self._model_deployments = [deployment_name(model) for model in shared.models]
         self._resources = build_ingress_resources(
@@ -64,14 +66,15 @@ class Ingress:
             model=self._model_status,
             jobs=self._jobs_status,
             diarizer=ServeDiarizer(diarizer) if diarizer is not None else None,
+            speakers=self._speakers_status if diarizer is not None else None,
         )
-        self._refresher = Refresher(
-            {
-                "model": (self._model_status, self._model_is_up),
-                "jobs": (self._jobs_status, self._tracker_is_up),
-            },
-            interval_s=HEALTH_REFRESH_S,
-        )
+        probes = {
+            "model": (self._model_status, self._model_is_up),
+            "jobs": (self._jobs_status, self._tracker_is_up),
+        }
+        if diarizer is not None:
+            probes["speakers"] = (self._speakers_status, self._diarizer_is_up)
+        self._refresher = Refresher(probes, interval_s=HEALTH_REFRESH_S)
         self._refresher.start()
         metrics.install("ingress")
         self._sampling = metrics.start_sampling(
@@ -88,10 +91,17 @@ class Ingress:
     def _model_is_up(self) -> bool:
         """Every served model has a replica RUNNING, as Serve's controller sees it
         (blocking)."""
+        return self._running(self._model_deployments)
+
+    def _diarizer_is_up(self) -> bool:
+        return self._running([DIARIZER_DEPLOYMENT])
+
+    def _running(self, names: list[str]) -> bool:
+        """Each named deployment of this app has a replica RUNNING (blocking)."""
         app = serve.status().applications.get(self._app_name)
         if app is None:
             return False
-        for name in self._model_deployments:
+        for name in names:
             deployment = app.deployments.get(name)
             if deployment is None or not any(
                 getattr(state, "value", state) == "RUNNING" and count > 0

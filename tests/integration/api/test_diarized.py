@@ -217,3 +217,12 @@ def test_unavailable_without_the_setting(multi_http: httpx.Client) -> None:
     assert error["code"] == "diarization_unavailable"
     assert "rayscribe[diarization]" in error["message"]
     assert "RAYSCRIBE_DIARIZATION__ENABLED=true" in error["message"]
+
+
+def test_readyz_reports_the_speaker_labeller_only_where_enabled(
+    http: httpx.Client, multi_http: httpx.Client
+) -> None:
+    ready = http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["speakers"] == "ok"
+    assert "speakers" not in multi_http.get("/readyz").json()
