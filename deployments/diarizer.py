@@ -26,8 +26,12 @@ from services.transcription.domain import Waveform
 log = get_logger(__name__)
 
 DEPLOYMENT_NAME = "SpeakerDiarizer"
-NUM_CPUS = 0.25
-"""What the deployment reserves: it runs beside a Whisper replica, mostly idle."""
+NUM_CPUS = 0.0
+"""What the deployment reserves by default: nothing, so that enabling speaker labels never
+leaves it pending on a node whose logical CPUs the shipped entries already hold (the dev
+config's Ingress, Whisper replica and tracker take all 2). It is idle between diarized
+requests and shares the cores with Whisper when busy; on a real cluster give it an entry
+named `SpeakerDiarizer` with a share of its own (serve_config.yaml shows one)."""
 
 
 @serve.deployment(

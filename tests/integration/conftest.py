@@ -6,8 +6,9 @@ a database and a Redis db of its own) with the result cache off; and a second co
 application at `/multi` serving two models at once, `tiny.en` (the default) and the
 multilingual `base`, each in a Whisper deployment of its own, on the embedded defaults
 (SQLite, no Redis), with token CPU shares so everything fits the 2-CPU budget. Speaker
-labels (`diarized_json`) are enabled on the main app only, with a `SpeakerDiarizer` entry
-of no CPU share; the `/multi` app answers them 400 `diarization_unavailable`.
+labels (`diarized_json`) are enabled on the main app only, its `SpeakerDiarizer` with no
+config entry (the code's defaults, as `make run` with the setting gets them); the `/multi`
+app answers them 400 `diarization_unavailable`.
 """
 
 from __future__ import annotations
@@ -33,14 +34,6 @@ MULTI_MODELS = ["tiny.en", "base"]
 BASE_DEPLOYMENT = "WhisperTranscriber_base"
 BASE_MAX_QUEUED = 96
 """Set on base's deployment by its own config entry (by name), so a test can see it applied."""
-
-
-def _add_diarizer(config: dict[str, Any]) -> None:
-    """The main app's SpeakerDiarizer with no CPU share: Ingress, Whisper and the tracker
-    already reserve both CPUs."""
-    config["applications"][0]["deployments"].append(
-        {"name": "SpeakerDiarizer", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0}}
-    )
 
 
 def _add_multi_app(config: dict[str, Any], data_dir: str) -> None:
@@ -100,7 +93,6 @@ def serve_url(tmp_path_factory: pytest.TempPathFactory, serve_database: str) -> 
 
     def edit(config: dict[str, Any]) -> None:
         _add_multi_app(config, str(multi_dir))
-        _add_diarizer(config)
 
     config = local.load_config(port=local.free_port(), settings=settings, edit=edit)
     try:
