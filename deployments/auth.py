@@ -3,17 +3,18 @@
 `AuthMiddleware` verifies the bearer token of every request except the probes (and the
 docs and model list when the settings keep them open) and answers 401 itself, so an
 unauthenticated upload is refused before a byte of it is read. Routes then take the
-caller from `current_principal` (`PrincipalDep`) and a role from `require(...)` (403).
+caller from `current_principal` (`PrincipalDep`) and declare a role with `require(...)`;
+`RoleMiddleware` answers 403 for a caller without it, also before the body is read.
 With `auth.mode=off` (dev only) every caller is the anonymous one, which holds every role.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, NoReturn
 from urllib.parse import parse_qsl
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -144,26 +145,80 @@ def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-def require(role: Role) -> Callable[[Request, Principal], Principal]:
-    """A dependency that lets through callers holding `role` (or admin); others get 403."""
+class RoleCheck:
+    """A dependency that lets through callers holding `role` (or admin); others get 403.
+    Declared in a router's `dependencies`, `RoleMiddleware` also applies it before the body
+    is read."""
 
-    def holds_role(request: Request, principal: PrincipalDep) -> Principal:
-        if not principal.has(role):
-            log.warning(
-                "auth_failed",
-                reason="missing_role",
-                role=role.value,
-                client=request.client.host if request.client else None,
-                path=request.url.path,
-            )
-            raise PermissionDeniedError(role.value)
+    def __init__(self, role: Role) -> None:
+        self.role = role
+
+    def __call__(self, request: Request, principal: PrincipalDep) -> Principal:
+        if not principal.has(self.role):
+            _deny(self.role, request.client.host if request.client else None, request.url.path)
         return principal
 
-    return holds_role
+
+def _deny(role: Role, client: str | None, path: str | None) -> NoReturn:
+    log.warning("auth_failed", reason="missing_role", role=role.value, client=client, path=path)
+    raise PermissionDeniedError(role.value)
+
+
+def require(role: Role) -> RoleCheck:
+    return RoleCheck(role)
+
+
+def roles_by_prefix(routers: Sequence[APIRouter]) -> dict[str, list[Role]]:
+    """The roles each router requires of every route it holds (its own `dependencies`),
+    by its path prefix: what `RoleMiddleware` applies."""
+    out: dict[str, list[Role]] = {}
+    for router in routers:
+        roles = [
+            d.dependency.role for d in router.dependencies if isinstance(d.dependency, RoleCheck)
+        ]
+        if roles:
+            out[router.prefix] = roles
+    return out
+
+
+class RoleMiddleware:
+    """403 for a caller without the role its route requires, before the body is read.
+
+    FastAPI reads a form body before it resolves a route's dependencies, so a `RoleCheck`
+    alone would let a caller without the role upload a whole file first. The roles are the
+    routers' own (`roles_by_prefix`: a router that declares a role in its `dependencies`
+    requires it of every route under its prefix), so one place says which role a route
+    needs, and the dependency still runs behind this. Runs inside `AuthMiddleware`, which
+    puts the caller on the scope; with authentication off there is no caller to check.
+    """
+
+    def __init__(self, app: ASGIApp, roles: dict[str, list[Role]]) -> None:
+        self.app = app
+        self.roles = roles
+
+    def roles_for(self, path: str) -> list[Role]:
+        return next(
+            (roles for p, roles in self.roles.items() if path == p or path.startswith(p + "/")),
+            [],
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        principal = scope.get("state", {}).get("principal") if scope["type"] == "http" else None
+        if principal is not None:
+            path = scope.get("path", "")
+            missing = next((r for r in self.roles_for(path) if not principal.has(r)), None)
+            if missing is not None:
+                try:
+                    _deny(missing, _client_of(scope), path)
+                except PermissionDeniedError as exc:
+                    await error_response(exc)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 require_transcriber = require(Role.TRANSCRIBER)
 require_admin = require(Role.ADMIN)
+require_bulk = require(Role.BULK)
 TranscriberDep = Annotated[Principal, Depends(require_transcriber)]
 """A caller who may transcribe and use its own jobs."""
 AdminDep = Annotated[Principal, Depends(require_admin)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from deployments.api_docs import serve_docs
-from deployments.auth import AuthMiddleware, build_authenticator
+from deployments.auth import AuthMiddleware, RoleMiddleware, build_authenticator, roles_by_prefix
 from deployments.controllers import batches, health, jobs, model_list, transcriptions
 from deployments.dependencies import IngressResources
 from deployments.errors import install_error_handlers
@@ -21,6 +21,7 @@ from services.jobs.streams import StreamCaps, StreamLimiter
 
 DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024
 TITLE = "rayscribe"
+ROUTERS = (transcriptions.router, jobs.router, model_list.router, batches.router)
 
 
 def create_app(resources: IngressResources) -> FastAPI:
@@ -43,7 +44,7 @@ def create_app(resources: IngressResources) -> FastAPI:
             per_client=server.sse_max_streams_per_client if server.trusted_client_header else None,
         )
     )
-    for router in (transcriptions.router, jobs.router, model_list.router, batches.router):
+    for router in ROUTERS:
         app.include_router(router)
     app.include_router(health.router)  # probes: never rate-limited (`/v1/*` only)
     install_error_handlers(app)
@@ -71,6 +72,8 @@ def create_app(resources: IngressResources) -> FastAPI:
     app.add_middleware(RequestRateMiddleware, limits=lambda: app.state.limits)
     # Inside the request context (its refusals carry the request id), outside everything
     # that reads the body: an unauthenticated upload is refused before it is read.
+    # A caller without the route's role: 403 before the body is read, like a 401.
+    app.add_middleware(RoleMiddleware, roles=roles_by_prefix(ROUTERS))
     app.add_middleware(AuthMiddleware, authenticator=app.state.auth)
     app.add_middleware(RequestContextMiddleware)
     install_limits(app, resources.settings, resources.readiness)  # quotas, CORS (outermost)

@@ -6,8 +6,9 @@ reliably), and `__serve_build_asgi_app__` hands Serve the app built around them.
 Readiness of the model replica, the job tracker and the speaker labeller (when enabled) is
 held here, refreshed every `HEALTH_REFRESH_S` on background threads: the model and the
 speaker labeller as Serve's controller sees them (a running replica has passed its health
-checks), the tracker from its `status()`, asked through its handle with a short timeout. `/readyz` reads these values; it never sends
-anything through the model's queue, and nothing here blocks the replica's event loop.
+checks), the tracker from its `status()`, asked through its handle with a short timeout.
+`/readyz` reads these values; it never sends anything through the model's queue, and
+nothing here blocks the replica's event loop.
 """
 
 from __future__ import annotations

@@ -11,17 +11,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 
-from deployments.auth import require
+from deployments.auth import require_bulk
 from deployments.dependencies import BatchesServiceDep, PageDep
 from deployments.errors import error_responses
-from services.auth.principal import Principal, Role
+from services.auth.principal import Principal
 from services.bulk.batches_models import BatchPage, BatchRequest, BatchView
 from services.bulk.batches_service import MAX_LOG_LINES
 from services.bulk.batches_tables import BatchState
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/v1/batches", tags=["batches"], dependencies=[Depends(require_bulk)])
 
-BulkDep = Annotated[Principal, Depends(require(Role.BULK))]
+BulkDep = Annotated[Principal, Depends(require_bulk)]
 """A caller who may run batches (or an admin)."""
 
 SUBMITTED: dict[int | str, dict[str, Any]] = {

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from deployments.auth import TranscriberDep
+from deployments.auth import TranscriberDep, require_transcriber
 from deployments.controllers.forms import (
     TRANSCRIPT_RESPONSES,
     UPLOAD_ERRORS,
@@ -25,7 +25,7 @@ from services.jobs.tables import JobStatus
 from services.jobs.views import JobPage, JobView
 from services.transcription.domain import ResponseFormat, TimestampGranularity
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_transcriber)])
 # Every route takes the caller (`TranscriberDep`, 403 without the role) and passes
 # `caller.visible_owner` down: another owner's job then answers 404 like a missing one.
 
