@@ -67,8 +67,13 @@ class Diarizer:
         centres, embeddings = self._windows(audio, spans)
         if not centres:
             return []
-        labels = cluster(embeddings, num_speakers)
-        names = self._names(embeddings, labels, references)
+        voices = (
+            np.stack([self.embed_reference(r.audio) for r in references]) if references else None
+        )
+        labels = cluster(
+            embeddings, num_speakers, voices, voice_min_similarity=REFERENCE_MIN_SIMILARITY
+        )
+        names = self._names(embeddings, labels, references, voices)
         return _turns(spans, centres, [names[int(k)] for k in labels])
 
     def embed_reference(self, audio: FloatArray) -> FloatArray:
@@ -120,13 +125,13 @@ class Diarizer:
         embeddings: FloatArray,
         labels: npt.NDArray[np.int64],
         references: Sequence[Reference],
+        voices: FloatArray | None,
     ) -> list[str]:
         count = int(labels.max()) + 1
         names: list[str | None] = [None] * count
-        if references:
+        if references and voices is not None:
             from scipy.optimize import linear_sum_assignment
 
-            voices = np.stack([self.embed_reference(r.audio) for r in references])
             similarity = centroids(embeddings, labels) @ voices.T
             rows, cols = linear_sum_assignment(-similarity)
             for row, col in zip(rows.tolist(), cols.tolist(), strict=True):

@@ -15,7 +15,9 @@ from services.diarization.pipeline import (
     speaker_at,
     speaker_segments,
 )
+from services.transcription.audio import decode_audio
 from services.transcription.domain import Word
+from tests.audio_variants import Variant, encode, matrix
 from tests.diarization.conversations import VOICES, conversation, reference_audio
 
 NAMES = {"awb": "Alan", "rms": "Rob", "slt": "Sally", "kal16": "Kal"}
@@ -61,6 +63,33 @@ def test_references_name_the_turns(diarizer: Diarizer) -> None:
             right += speaker_at(found, turn.start, turn.end) == NAMES[turn.speaker]
     print(f"references: {right}/{named} turns named right")
     assert right / named >= 0.95
+
+
+# A phone call at 8 kHz, a laptop's 44.1 kHz stereo MP3, a browser's 48 kHz Opus and a
+# phone's AAC: references and conversation both go through the service's decoder.
+ACROSS = [
+    v
+    for v in matrix()
+    if (v.suffix, v.rate, v.channels)
+    in {("wav", 8000, 1), ("mp3", 44100, 2), ("webm", 48000, 1), ("m4a", 22050, 2)}
+    and v.sample_format in (None, "s16")
+]
+
+
+@pytest.mark.parametrize("variant", ACROSS, ids=lambda v: v.id)
+def test_references_name_the_turns_in_other_containers_and_rates(
+    diarizer: Diarizer, variant: Variant
+) -> None:
+    def through(audio: np.ndarray) -> np.ndarray:
+        return decode_audio(encode(variant, audio), max_duration_s=300)
+
+    audio, truth = conversation(3, rounds=2, seed=21, gap_s=0.3)
+    references = [Reference(NAMES[v], through(reference_audio(v))) for v in VOICES[:3]]
+    found = diarizer.diarize(through(audio), references=references)
+    right = sum(speaker_at(found, t.start, t.end) == NAMES[t.speaker] for t in truth)
+    print(f"{variant.id}: {right}/{len(truth)} turns named right")
+    assert right / len(truth) >= 0.95
+    assert der(truth, found) <= 0.05
 
 
 def test_unmatched_cluster_keeps_a_letter(diarizer: Diarizer) -> None:
