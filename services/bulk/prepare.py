@@ -25,7 +25,12 @@ import numpy.typing as npt
 
 from services.bulk.objects import FileTooLargeError, read_bytes, resolve
 from services.bulk.rows import error_text, speaker_options, transcription_options
-from services.bulk.speakers import DIARIZATION_FAILED, SpeakerLabeller, turn_rows
+from services.bulk.speakers import (
+    DIARIZATION_FAILED,
+    MAX_SPEECH_S,
+    SpeakerLabeller,
+    turn_rows,
+)
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
 from services.core.settings import BulkSettings, StorageSettings
@@ -151,6 +156,14 @@ class Preparer:
         if self._labeller is None:
             out["diarization_error"] = error_text(
                 DIARIZATION_FAILED, "this worker has no speaker labeller loaded"
+            )
+            return
+        speech_s = int(out["speech_samples"] or 0) / SAMPLE_RATE
+        if speech_s > MAX_SPEECH_S:
+            out["diarization_error"] = error_text(
+                DIARIZATION_FAILED,
+                f"the file has {speech_s:.0f} s of speech; speaker labels cover at most "
+                f"{MAX_SPEECH_S:.0f} s per file",
             )
             return
         try:

@@ -31,6 +31,11 @@ DIARIZER_THREADS = 1
 """torch threads per prepare worker: the pool scales by workers, and one thread labels a
 30 s conversation in about 1.5 s here, well ahead of the engine."""
 DIARIZATION_FAILED = "diarization_failed"
+MAX_SPEECH_S = 3600.0
+"""Speech per file that gets speaker labels. Clustering holds every pair of 0.4 s windows:
+an hour of speech (9,000 windows) peaked at 840 MB here, two hours would take about 3 GB,
+four hours 12 GB, and a prepare worker killed for memory takes its whole block of files
+with it. A longer file keeps its transcript with `diarization_failed` saying so."""
 
 
 class SpeakerLabeller(Protocol):

@@ -138,3 +138,17 @@ def test_a_diarizing_preparer_asks_for_more_cpu_and_still_fits() -> None:
     )
     assert tight.prepare_num_cpus + tight.engine_num_cpus <= 1
     assert tight.prepare_num_cpus > 0
+
+
+def test_speech_past_the_cap_is_not_diarized(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cap keeps clustering's memory (quadratic in windows) bounded; lowered here so a
+    fixture clip is over it. The labeller would raise if it were called."""
+    import services.bulk.prepare
+
+    monkeypatch.setattr(services.bulk.prepare, "MAX_SPEECH_S", 1.0)
+    options = file_options(RunOptions(model="tiny.en", speakers=True), language=None, prompt=None)
+    preparer = Preparer(BulkSettings(), StorageSettings(), _BrokenLabeller())
+    prepared = preparer.prepare({"path": str(ENGLISH[0].path), "id": "a", "options": options})
+    assert prepared["items"]
+    assert prepared["diarization_error"].startswith("diarization_failed: the file has ")
+    assert "at most 1 s per file" in prepared["diarization_error"]
