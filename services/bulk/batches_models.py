@@ -30,10 +30,16 @@ class BatchOptions(BaseModel):
     max_workers: int = Field(default=1, ge=1, le=1024)
     num_gpus: float | None = Field(default=None, gt=0, le=8)
     force: bool = False
-    speakers: bool = False
-    """Label speakers (`--speakers`; needs the diarization extra on the cluster)."""
-    num_speakers: int | None = None
-    """With `speakers`: how many speakers every file has (1 to 8; default: found per file)."""
+    speakers: bool = Field(
+        default=False,
+        description="Label speakers (`--speakers`, experimental): `speaker` on segments and "
+        "words, `speaker_turns` per row. Needs the diarization extra.",
+    )
+    num_speakers: int | None = Field(
+        default=None,
+        description=f"With `speakers`: the number of speakers in every file, 1 to {MAX_SPEAKERS} "
+        "(default: found per file).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BatchOptions:
