@@ -28,6 +28,7 @@ from services.bulk.output import OutputDir, PartWriter
 from services.bulk.progress import BulkCounts, NullProgress, ProgressSink
 from services.bulk.rows import RunOptions
 from services.bulk.run import Collector, plan
+from services.bulk.speakers import MAX_SPEAKERS, diarization_missing
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
 from services.transcription.domain import Task
@@ -44,8 +45,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m cluster.bulk",
         description="Transcribe many audio files on Ray Data: one output row per input file "
         "(path, id, sha256, duration_s, language, text, segments with words, model, options, "
-        "error, processed_at). Broken files get a row with their error. A rerun into the same "
-        "output skips the files it already has a row for.",
+        "error, processed_at); with --speakers, segments and words also carry `speaker`. "
+        "Broken files get a row with their error. A rerun into the same output skips the "
+        "files it already has a row for.",
     )
     p.add_argument(
         "--input",
@@ -72,6 +74,21 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="also write <output>/_subtitles/<id>.srt|vtt per file",
     )
+    p.add_argument(
+        "--speakers",
+        action="store_true",
+        help="label speakers (experimental; needs the extra rayscribe[diarization]): each "
+        "segment is split where the speaker changes and it and its words get `speaker` "
+        "(A, B, ... by first appearance in the file)",
+    )
+    p.add_argument(
+        "--num-speakers",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"with --speakers: the number of speakers in every file, 1 to {MAX_SPEAKERS} "
+        "(default: found per file)",
+    )
     p.add_argument("--min-workers", type=int, default=1, help="engine actors to keep (default 1)")
     p.add_argument(
         "--max-workers", type=int, default=None, help="engine actors at most (default: min)"
@@ -96,6 +113,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--max-workers must be at least --min-workers")
     if args.num_gpus is not None and args.num_gpus <= 0:
         p.error("--num-gpus must be positive")
+    if args.num_speakers is not None:
+        if not args.speakers:
+            p.error("--num-speakers needs --speakers")
+        if not 1 <= args.num_speakers <= MAX_SPEAKERS:
+            p.error(f"--num-speakers must be 1 to {MAX_SPEAKERS}, got {args.num_speakers}")
+    if args.speakers and (missing := diarization_missing()) is not None:
+        p.error(f"--speakers: {missing}")
     if args.language is not None:
         args.language = args.language.strip().lower()
         if args.language not in LANGUAGE_NAMES:
@@ -145,7 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.logging.level)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `ray job stop`: finish the sink
     sink = _Last(progress_sink(settings, args.batch_id), BulkCounts(total=0))
-    run = RunOptions(model=served_model_id(settings), task=Task(args.task), language=args.language)
+    run = RunOptions(
+        model=served_model_id(settings),
+        task=Task(args.task),
+        language=args.language,
+        speakers=args.speakers,
+        num_speakers=args.num_speakers,
+    )
     try:
         output = OutputDir(resolve(args.output, settings.storage), format=args.format)
         work = plan(args.input, output, run, settings.storage, force=args.force)
@@ -212,13 +242,14 @@ def _run_pipeline(
         max_workers=args.max_workers,
         num_gpus=args.num_gpus,
         available_cpus=float(ray.available_resources().get("CPU", 0.0)),  # type: ignore[no-untyped-call]
+        speakers=args.speakers,
     )
     log.info("bulk_budget", **budget.__dict__)
     writer = PartWriter(
         output, max_rows=settings.bulk.part_max_rows, max_age_s=settings.bulk.part_max_age_s
     )
     collector = Collector(output, writer, counts, sink, subtitles=args.subtitles, observe=observe)
-    dataset = build(todo, settings, budget, args.subtitles)
+    dataset = build(todo, settings, budget, args.subtitles, speakers=args.speakers)
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             assert isinstance(batch, pa.Table)

@@ -4,7 +4,9 @@ Two stages, both autoscaling actor pools (an actor keeps its VAD or Whisper mode
 
 - `PrepareStage` (CPU): reads each file, hashes it, decodes it with the bounded decoder,
   runs VAD and cuts the speech into the engine's work items (`services.bulk.prepare`).
-  Only the speech leaves it, as 16-bit items: never the decoded float32 audio.
+  Only the speech leaves it, as 16-bit items: never the decoded float32 audio. With
+  `--speakers` it also diarizes the decoded file (the Diarizer loaded once per actor, one
+  torch thread) and its turns travel with the row.
 - `EngineStage` (`--num-gpus` per actor when given): the online path's `WhisperEngine`
   packs the items of up to `files_per_call` files into shared windows and decodes them
   (`services.bulk.transcribe`).
@@ -16,7 +18,9 @@ default (1 CPU per actor) a pipeline on a 2-core machine, or on a cluster where 
 app already holds the logical CPUs, stalled for minutes. So each stage asks for a
 fraction (`bulk.prepare_num_cpus`, `bulk.engine_num_cpus`), lowered at start to what the
 cluster has free for the pools' minimum sizes. The logical CPUs only place actors: the
-engine's real threads are `whisper.cpu_threads` (OMP_NUM_THREADS is set to match).
+engine's real threads are `whisper.cpu_threads` (OMP_NUM_THREADS is set to match). A
+diarizing preparer asks for at least `SPEAKERS_PREPARE_NUM_CPUS` (it keeps a core busier),
+lowered the same way, so `--speakers` cannot stall a 2-core machine either.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import ray.data
 from ray.data import ActorPoolStrategy, Dataset
 
 from services.bulk.prepare import Preparer
-from services.bulk.rows import SCHEMA
+from services.bulk.rows import SCHEMA, TURN
+from services.bulk.speakers import load_labeller
 from services.bulk.transcribe import BulkEngine
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
@@ -41,6 +46,8 @@ from services.transcription.whisper_adapter import warm_up_vad
 
 log = get_logger(__name__)
 
+SPEAKERS_PREPARE_NUM_CPUS = 0.5
+"""What a preparer that also diarizes asks for, at least (before fitting to free CPUs)."""
 ROWS_PER_BLOCK = 4
 """Input rows per block: small, so the stages overlap from the first files on."""
 
@@ -56,16 +63,19 @@ PREPARED_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("items", pa.binary()),
         ("speech_samples", pa.int64()),
+        ("turns", pa.list_(TURN)),
+        ("diarization_error", pa.string()),
     ]
 )
 OUTPUT_SCHEMA = SCHEMA.append(pa.field("subtitles", pa.string()))
 
 
 class PrepareStage:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, speakers: bool = False) -> None:
         configure_logging(settings.logging.level)
         warm_up_vad()
-        self._preparer = Preparer(settings.bulk, settings.storage)
+        labeller = load_labeller() if speakers else None
+        self._preparer = Preparer(settings.bulk, settings.storage, labeller)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [self._preparer.prepare(row) for row in batch.to_pylist()]
@@ -102,6 +112,7 @@ def plan_budget(
     max_workers: int,
     num_gpus: float | None,
     available_cpus: float,
+    speakers: bool = False,
 ) -> Budget:
     """Fit the pools' minimum sizes into the CPUs free now, so the run never waits on CPUs.
 
@@ -110,6 +121,8 @@ def plan_budget(
     prepare_workers = (1, max(1, max_workers))
     engine_workers = (min_workers, max_workers)
     prepare_cpus = settings.bulk.prepare_num_cpus
+    if speakers:
+        prepare_cpus = max(prepare_cpus, SPEAKERS_PREPARE_NUM_CPUS)
     engine_cpus = settings.bulk.engine_num_cpus
     needed = prepare_workers[0] * prepare_cpus + engine_workers[0] * engine_cpus
     if needed > available_cpus:
@@ -121,7 +134,11 @@ def plan_budget(
 
 
 def build(
-    todo: list[dict[str, Any]], settings: Settings, budget: Budget, subtitles: str | None
+    todo: list[dict[str, Any]],
+    settings: Settings,
+    budget: Budget,
+    subtitles: str | None,
+    speakers: bool = False,
 ) -> Dataset:
     blocks = max(1, math.ceil(len(todo) / ROWS_PER_BLOCK))
     threads = str(settings.whisper.cpu_threads)
@@ -137,7 +154,7 @@ def build(
             min_size=budget.prepare_workers[0], max_size=budget.prepare_workers[1]
         ),
         num_cpus=budget.prepare_num_cpus,
-        fn_constructor_kwargs={"settings": settings},
+        fn_constructor_kwargs={"settings": settings, "speakers": speakers},
     )
     return prepared.map_batches(
         EngineStage,

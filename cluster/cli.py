@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     bsubmit.add_argument("--max-workers", type=_positive_int, default=1)
     bsubmit.add_argument("--num-gpus", type=_positive_float)
     bsubmit.add_argument("--force", action="store_true", help="redo files already done")
+    bsubmit.add_argument(
+        "--speakers", action="store_true", help="label speakers on segments and words"
+    )
+    bsubmit.add_argument(
+        "--num-speakers", type=_positive_int, metavar="N", help="with --speakers: 1 to 8"
+    )
     _waiting(bsubmit)
     bstatus = bulk_actions.add_parser("status", help="a batch's state and counts")
     bstatus.add_argument("id")
@@ -170,6 +176,11 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--limit must be 1 to 100")
     if args.command == "bulk" and args.action == "submit" and args.min_workers > args.max_workers:
         parser.error("--min-workers must not exceed --max-workers")
+    if args.command == "bulk" and args.action == "submit" and args.num_speakers is not None:
+        if not args.speakers:
+            parser.error("--num-speakers needs --speakers")
+        if args.num_speakers > 8:
+            parser.error(f"--num-speakers must be 1 to 8, got {args.num_speakers}")
     if args.command == "bulk" and args.action == "list" and args.limit > 100:
         parser.error("--limit must be 1 to 100")
     if not args.server.startswith(("http://", "https://")):

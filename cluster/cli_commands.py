@@ -219,7 +219,9 @@ def _batch_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_workers": args.max_workers,
         "force": args.force,
     }
-    for name in ("model", "language", "subtitles", "num_gpus"):
+    if args.speakers:
+        options["speakers"] = True
+    for name in ("model", "language", "subtitles", "num_gpus", "num_speakers"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     return options

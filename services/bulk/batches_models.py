@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.bulk.batches_tables import Batch, BatchState
+from services.diarization.clustering import MAX_SPEAKERS
 from services.transcription.languages import LANGUAGE_NAMES
 
 MAX_PATH_CHARS = 4096
@@ -29,6 +30,16 @@ class BatchOptions(BaseModel):
     max_workers: int = Field(default=1, ge=1, le=1024)
     num_gpus: float | None = Field(default=None, gt=0, le=8)
     force: bool = False
+    speakers: bool = Field(
+        default=False,
+        description="Label speakers (`--speakers`, experimental): `speaker` on segments and "
+        "words, `speaker_turns` per row. Needs the diarization extra.",
+    )
+    num_speakers: int | None = Field(
+        default=None,
+        description=f"With `speakers`: the number of speakers in every file, 1 to {MAX_SPEAKERS} "
+        "(default: found per file).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BatchOptions:
@@ -38,6 +49,13 @@ class BatchOptions(BaseModel):
             )
         if self.language is not None and self.language not in LANGUAGE_NAMES:
             raise ValueError(f"language {self.language!r} is not a Whisper language code")
+        if self.num_speakers is not None:
+            if not self.speakers:
+                raise ValueError("num_speakers applies only with speakers: true")
+            if not 1 <= self.num_speakers <= MAX_SPEAKERS:
+                raise ValueError(
+                    f"num_speakers must be between 1 and {MAX_SPEAKERS}, got {self.num_speakers}"
+                )
         return self
 
     def flags(self) -> list[str]:
@@ -49,11 +67,14 @@ class BatchOptions(BaseModel):
             ("--language", self.language),
             ("--subtitles", self.subtitles),
             ("--num-gpus", None if self.num_gpus is None else f"{self.num_gpus:g}"),
+            ("--num-speakers", None if self.num_speakers is None else str(self.num_speakers)),
         ):
             if value is not None:
                 out += [flag, value]
         if self.force:
             out.append("--force")
+        if self.speakers:
+            out.append("--speakers")
         return out
 
 

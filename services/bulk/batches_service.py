@@ -24,6 +24,7 @@ from services.bulk.batches_ray import STATE_OF, RayJobs, RayJobSpec, RayJobStatu
 from services.bulk.batches_repository import BatchRepository
 from services.bulk.batches_tables import BATCH_ACTIVE, Batch, BatchState
 from services.bulk.batches_usage import SUBMISSION_CHARGE_S, audio_meter, charge_batch
+from services.bulk.speakers import diarization_missing
 from services.core.clock import utcnow
 from services.core.db import transaction
 from services.core.errors import InvalidRequestError
@@ -71,6 +72,13 @@ class BatchesService:
 
     async def submit(self, request: BatchRequest, *, owner: str | None) -> BatchView:
         ray = self._cluster()
+        if request.options.speakers and (missing := diarization_missing()) is not None:
+            # The job would stop at its first line (`--speakers` refused): say so now.
+            raise InvalidRequestError(
+                f"options.speakers is not available here: {missing}.",
+                param="options.speakers",
+                code="diarization_unavailable",
+            )
         self._policy.check_output(request.output)
         await asyncio.to_thread(self._policy.check_input, request.input)
         key = _limit_key(owner)

@@ -7,6 +7,10 @@ model-free half of `WhisperEngine.prepare`), as 16-bit samples (half the bytes a
 below what the model resolves). The engine stage turns them back into `WorkItem`s.
 
 A file that cannot be read or decoded leaves as a row with its error and no items.
+
+With `--speakers` the stage also diarizes the whole decoded file here (`speakers`): its
+turns leave with the items, or `diarization_error` if that failed (the file is still
+transcribed).
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from services.bulk.objects import FileTooLargeError, read_bytes, resolve
-from services.bulk.rows import error_text, transcription_options
+from services.bulk.rows import error_text, speaker_options, transcription_options
+from services.bulk.speakers import (
+    DIARIZATION_FAILED,
+    MAX_SPEECH_S,
+    SpeakerLabeller,
+    turn_rows,
+)
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
 from services.core.settings import BulkSettings, StorageSettings
@@ -75,9 +85,16 @@ def unpack_items(data: bytes) -> list[PackedItem]:
 class Preparer:
     """Turns input rows (path, id, options, language, prompt) into prepared rows."""
 
-    def __init__(self, bulk: BulkSettings, storage: StorageSettings) -> None:
+    def __init__(
+        self,
+        bulk: BulkSettings,
+        storage: StorageSettings,
+        labeller: SpeakerLabeller | None = None,
+    ) -> None:
+        """`labeller` diarizes the files whose options ask for speakers."""
         self._bulk = bulk
         self._storage = storage
+        self._labeller = labeller
 
     def prepare(self, row: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -91,6 +108,8 @@ class Preparer:
             "error": None,
             "items": None,
             "speech_samples": None,
+            "turns": None,
+            "diarization_error": None,
         }
         try:
             data = read_bytes(
@@ -127,4 +146,28 @@ class Preparer:
         except Exception as exc:  # VAD on decoded audio failing is a bug, not the file's
             log.exception("bulk_vad_failed", path=row["path"])
             out["error"] = error_text("internal_error", f"speech detection failed ({exc!r})")
+            return out
+        speakers, num_speakers = speaker_options(row["options"])
+        if speakers:
+            self._diarize(out, audio, num_speakers)
         return out
+
+    def _diarize(self, out: dict[str, Any], audio: Waveform, num_speakers: int | None) -> None:
+        if self._labeller is None:
+            out["diarization_error"] = error_text(
+                DIARIZATION_FAILED, "this worker has no speaker labeller loaded"
+            )
+            return
+        speech_s = int(out["speech_samples"] or 0) / SAMPLE_RATE
+        if speech_s > MAX_SPEECH_S:
+            out["diarization_error"] = error_text(
+                DIARIZATION_FAILED,
+                f"the file has {speech_s:.0f} s of speech; speaker labels cover at most "
+                f"{MAX_SPEECH_S:.0f} s per file",
+            )
+            return
+        try:
+            out["turns"] = turn_rows(self._labeller.diarize(audio, num_speakers=num_speakers))
+        except Exception as exc:  # one file's labels failing must not stop the run
+            log.exception("bulk_diarization_failed", path=out["path"])
+            out["diarization_error"] = error_text(DIARIZATION_FAILED, repr(exc)[:500])

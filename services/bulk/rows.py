@@ -23,6 +23,7 @@ WORD = pa.struct(
         ("end", pa.float64()),
         ("word", pa.string()),
         ("probability", pa.float64()),
+        ("speaker", pa.string()),
     ]
 )
 SEGMENT = pa.struct(
@@ -35,9 +36,11 @@ SEGMENT = pa.struct(
         ("compression_ratio", pa.float64()),
         ("no_speech_prob", pa.float64()),
         ("temperature", pa.float64()),
+        ("speaker", pa.string()),
         ("words", pa.list_(WORD)),
     ]
 )
+TURN = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("speaker", pa.string())])
 SCHEMA = pa.schema(
     [
         pa.field("path", pa.string(), nullable=False),
@@ -47,6 +50,7 @@ SCHEMA = pa.schema(
         ("language", pa.string()),
         ("text", pa.string()),
         ("segments", pa.list_(SEGMENT)),
+        ("speaker_turns", pa.list_(TURN)),
         ("model", pa.string()),
         ("options", pa.string()),
         ("error", pa.string()),
@@ -60,22 +64,30 @@ RowKey = tuple[str, str | None, str, str]
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What the whole run asks for (`--model`, `--task`, `--language`)."""
+    """What the whole run asks for (`--model`, `--task`, `--language`, `--speakers`)."""
 
     model: str
     task: Task = Task.TRANSCRIBE
     language: str | None = None
+    speakers: bool = False
+    num_speakers: int | None = None
 
 
 def file_options(run: RunOptions, *, language: str | None, prompt: str | None) -> str:
-    """The options one file is transcribed with, as canonical JSON (part of its key)."""
-    options = {
+    """The options one file is transcribed with, as canonical JSON (part of its key).
+
+    `speakers` (and `num_speakers`) appear only when asked for, so the keys of rows written
+    without speaker labels stay what they were."""
+    options: dict[str, Any] = {
         "task": run.task.value,
         "language": language or run.language,
         "prompt": prompt,
         "temperature": 0.0,
         "word_timestamps": True,
     }
+    if run.speakers:
+        options["speakers"] = True
+        options["num_speakers"] = run.num_speakers
     return json.dumps(options, sort_keys=True, separators=(",", ":"))
 
 
@@ -89,6 +101,13 @@ def transcription_options(options: str) -> TranscriptionOptions:
         temperature=float(fields["temperature"]),
     )
     return TranscriptionOptions(decode=decode, word_timestamps=bool(fields["word_timestamps"]))
+
+
+def speaker_options(options: str) -> tuple[bool, int | None]:
+    """Whether `file_options` asked for speaker labels, and for how many speakers."""
+    fields = json.loads(options)
+    count = fields.get("num_speakers")
+    return bool(fields.get("speakers")), None if count is None else int(count)
 
 
 def key_of(row: dict[str, Any]) -> RowKey:
@@ -121,6 +140,7 @@ def failed_row(
         "language": None,
         "text": None,
         "segments": None,
+        "speaker_turns": None,
         "model": model,
         "options": options,
         "error": error,
@@ -141,8 +161,15 @@ def transcript_row(
             "compression_ratio": s.compression_ratio,
             "no_speech_prob": s.no_speech_prob,
             "temperature": s.temperature,
+            "speaker": None,
             "words": [
-                {"start": w.start, "end": w.end, "word": w.word, "probability": w.probability}
+                {
+                    "start": w.start,
+                    "end": w.end,
+                    "word": w.word,
+                    "probability": w.probability,
+                    "speaker": None,
+                }
                 for w in s.words
             ],
         }
@@ -156,6 +183,7 @@ def transcript_row(
         "language": transcript.language,
         "text": transcript.text,
         "segments": segments,
+        "speaker_turns": None,
         "model": model,
         "options": options,
         "error": None,

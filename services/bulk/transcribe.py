@@ -4,7 +4,8 @@ The online engine (`WhisperEngine`) does the work, exactly as for the Serve depl
 the work items of every file in the call go through one `run`, which packs speech of
 different files into shared 30 s windows and hands each file back only its own words;
 `assemble` joins each file's results into its transcript. One file failing in the model
-fails only its own row.
+fails only its own row. With `--speakers`, each row's segments are then split by the
+turns the prepare stage found (`services.bulk.speakers`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from services.bulk.prepare import unpack_items
-from services.bulk.rows import error_text, failed_row, transcript_row, transcription_options
+from services.bulk.rows import (
+    error_text,
+    failed_row,
+    speaker_options,
+    transcript_row,
+    transcription_options,
+)
+from services.bulk.speakers import label_segments
 from services.core.logging import get_logger
 from services.transcription.assembly import PreparedAudio, assemble
 from services.transcription.engine import WhisperEngine
@@ -93,7 +101,18 @@ class BulkEngine:
                 transcript=transcript,
             )
             done["subtitles"] = self._render(transcript) if self._render else None
-            out[slot] = done
+            out[slot] = self._labelled(done, row)
+
+    @staticmethod
+    def _labelled(done: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+        if not speaker_options(row["options"])[0]:
+            return done
+        if row.get("diarization_error"):  # the transcript stays; the row says what is missing
+            done["error"] = row["diarization_error"]
+            return done
+        done["speaker_turns"] = row.get("turns") or []
+        done["segments"] = label_segments(done["segments"], done["speaker_turns"])
+        return done
 
     def _failed(self, row: dict[str, Any], error: str) -> dict[str, Any]:
         failed = failed_row(

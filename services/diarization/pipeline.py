@@ -210,8 +210,9 @@ class SpeakerSegment:
     text: str
 
 
-def speaker_segments(words: Sequence[Word], turns: Sequence[Turn]) -> list[SpeakerSegment]:
-    """Each word takes the speaker at its midpoint; a segment is a run of one speaker."""
+def speaker_runs(words: Sequence[Word], turns: Sequence[Turn]) -> list[tuple[str, list[Word]]]:
+    """Each word takes the speaker at its midpoint ("A" when there are no turns); a run is
+    consecutive words of one speaker. (`speaker_segments` here, and the bulk rows' segments.)"""
     runs: list[tuple[str, list[Word]]] = []
     for word in words:
         speaker = speaker_at(turns, word.start, word.end) or "A"
@@ -219,6 +220,11 @@ def speaker_segments(words: Sequence[Word], turns: Sequence[Turn]) -> list[Speak
             runs[-1][1].append(word)
         else:
             runs.append((speaker, [word]))
+    return runs
+
+
+def speaker_segments(words: Sequence[Word], turns: Sequence[Turn]) -> list[SpeakerSegment]:
+    """Each word takes the speaker at its midpoint; a segment is a run of one speaker."""
     return [
         SpeakerSegment(
             start=group[0].start,
@@ -226,5 +232,5 @@ def speaker_segments(words: Sequence[Word], turns: Sequence[Turn]) -> list[Speak
             speaker=speaker,
             text="".join(w.word for w in group).strip(),
         )
-        for speaker, group in runs
+        for speaker, group in speaker_runs(words, turns)
     ]

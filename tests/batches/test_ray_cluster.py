@@ -5,7 +5,8 @@ user runs it (a subprocess).
 
 - `POST /v1/batches` submits through the Jobs API with the token only the service holds; the
   job's driver writes counts to the batch's row; `GET` follows the Ray job to the end.
-- `rayscribe bulk submit` then `rayscribe bulk status --wait` until done, `logs`, `list`.
+- `rayscribe bulk submit --speakers` then `rayscribe bulk status --wait` until done, `logs`,
+  `list`.
 - `DELETE` stops a running Ray job.
 """
 
@@ -163,7 +164,7 @@ def test_cli_bulk_submit_then_status_until_done(app_url: str, roots: Path, idp: 
     output = roots / "rows-cli"
     submitted = _cli(
         "bulk", "submit", "--input", str(roots / "few"), "--output", str(output),
-        "--format", "jsonl", "--json", url=app_url, token=token,
+        "--format", "jsonl", "--speakers", "--json", url=app_url, token=token,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stderr
     batch_id = json.loads(submitted.stdout)["id"]
@@ -185,6 +186,9 @@ def test_cli_bulk_submit_then_status_until_done(app_url: str, roots: Path, idp: 
     rows = [json.loads(line) for f in sorted(output.glob("*.jsonl")) for line in f.open()]
     assert len(rows) == 3
     assert all(r["error"] is None and r["text"] for r in rows)
+    # --speakers went from the CLI through the API to the job: one voice per clip.
+    assert all(json.loads(r["options"])["speakers"] for r in rows)
+    assert {s["speaker"] for r in rows for s in r["segments"]} == {"A"}
 
 
 def test_delete_stops_the_ray_job(

@@ -219,7 +219,7 @@ def test_help_documents_every_flag() -> None:
     assert shown.returncode == 0
     for flag in ("--input", "--output", "--format", "--model", "--language", "--task",
                  "--subtitles", "--min-workers", "--max-workers", "--num-gpus", "--force",
-                 "--batch-id"):  # fmt: skip
+                 "--batch-id", "--speakers", "--num-speakers"):  # fmt: skip
         assert flag in shown.stdout
 
 

@@ -64,6 +64,15 @@ USAGE_ERRORS = [
         "--min-workers must not exceed --max-workers",
     ),
     (("bulk", "submit", "--input", "/i", "--output", "/o", "--num-gpus", "0"), "above 0"),
+    (("bulk", "submit", "--input", "/i", "--output", "/o", "--num-speakers", "0"), "at least 1"),
+    (
+        ("bulk", "submit", "--input", "/i", "--output", "/o", "--speakers", "--num-speakers", "9"),
+        "--num-speakers must be 1 to 8, got 9",
+    ),
+    (
+        ("bulk", "submit", "--input", "/i", "--output", "/o", "--num-speakers", "2"),
+        "needs --speakers",
+    ),
     (("bulk", "status"), "required: id"),
     (("bulk", "list", "--state", "done"), "invalid choice"),
     (("bulk", "list", "--limit", "0"), "expected at least 1"),
@@ -115,3 +124,15 @@ def test_no_server_is_exit_1_with_a_message(
     assert code == 1
     assert f"cannot reach {NOWHERE}" in err or "failed" in err
     assert "s3cr3t-token-value" not in err
+
+
+def test_bulk_submit_sends_the_speaker_options() -> None:
+    from cluster.cli import build_parser
+    from cluster.cli_commands import _batch_options
+
+    base = ["bulk", "submit", "--input", "/i", "--output", "/o"]
+    plain = _batch_options(build_parser().parse_args(base))
+    assert "speakers" not in plain
+    assert "num_speakers" not in plain
+    asked = _batch_options(build_parser().parse_args([*base, "--speakers", "--num-speakers", "3"]))
+    assert (asked["speakers"], asked["num_speakers"]) == (True, 3)
