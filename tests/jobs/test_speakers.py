@@ -3,8 +3,8 @@
 The real tiny.en model and the real diarization pipeline (in this process, behind the
 `SpeakerLabeller` protocol, counting its calls) on a two-speaker conversation of recorded
 voices, long enough for two 30 s chunks: the labels follow the turns across both chunks,
-and a job run again from its stored chunks and turns never diarizes again and answers the
-same labels.
+and a job whose tracker is killed mid-run resumes from its stored chunk and turns, never
+diarizes again and answers the same labels as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from services.diarization.pipeline import Diarizer, Turn
-from services.transcription.domain import Waveform
+from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from tests.diarization.conversations import SAMPLE_RATE, conversation
 from tests.jobs.conftest import CountingTranscriber, JobsEnv
 
@@ -95,7 +95,7 @@ async def _result(env: JobsEnv, job_id: str, **params: str) -> Any:
     return response.json() if "json" in response.headers["content-type"] else response.text
 
 
-async def test_diarized_job_labels_turns_and_reuses_them(
+async def test_diarized_job_labels_turns_and_a_killed_one_resumes_with_them(
     env_factory: Any, diarizer: Diarizer, talk: Path
 ) -> None:
     labeller = CountingLabeller(diarizer)
@@ -125,22 +125,53 @@ async def test_diarized_job_labels_turns_and_reuses_them(
     assert "speaker" not in str(verbose)
     assert (await _result(env, job_id, response_format="text")).strip() == first["text"]
 
-    # The tracker dies and the job runs again (its lease lost, its result never written):
-    # a new runner resumes from the stored chunks and turns, diarizes and transcribes nothing.
+    await _killed_mid_job(env, labeller, talk, first)
+
+
+class StallingTranscriber(CountingTranscriber):
+    """Transcribes the first chunk, then holds every later one until cancelled: a tracker
+    that dies mid-job, after its first chunk and the speakers were stored."""
+
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
+    ) -> Transcript:
+        if self.calls >= 1:
+            await asyncio.Event().wait()
+        return await super().transcribe(audio, options, background=background)
+
+
+async def _killed_mid_job(
+    env: JobsEnv, labeller: CountingLabeller, talk: Path, uninterrupted: Any
+) -> None:
+    """The same audio again, the tracker killed once its first chunk and the speakers are
+    stored: the resumed job diarizes nothing, transcribes only the rest, and answers the
+    same labels as the uninterrupted run."""
+    fields = {"response_format": "diarized_json", "num_speakers": "2"}
     await env.stop_runner()
-    await _execute(
-        env,
-        "UPDATE jobs SET status = 'queued', lease_epoch = NULL, lease_expires_at = NULL, "
-        "finished_at = NULL, version = version + 1 WHERE id = :id",
-        id=job_id,
+    local = env.transcriber
+    env.transcriber = StallingTranscriber(local)
+    await env.start_runner()
+    job_id = (await env.submit(talk, **fields)).json()["id"]
+    for _ in range(600):
+        chunks = await env.sql("SELECT count(*) FROM job_chunks WHERE job_id = :id", id=job_id)
+        speakers = await env.sql("SELECT count(*) FROM job_speakers WHERE job_id = :id", id=job_id)
+        if chunks[0][0] == 1 and speakers[0][0] == 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise TimeoutError("the first chunk and the speakers were not stored")
+    assert labeller.calls == 2
+    progress = await env.sql(
+        "SELECT progress_done, progress_total FROM jobs WHERE id = :id", id=job_id
     )
-    await _execute(env, "DELETE FROM job_results WHERE job_id = :id", id=job_id)
-    env.transcriber = CountingTranscriber(env.transcriber)
-    await env.start_runner("test-tracker-2")
+    assert tuple(progress[0]) == (2, 3)  # one chunk and the speakers, of two chunks and them
+    await env.stop_runner()  # the tracker dies with the job running under its lease
+    env.transcriber = CountingTranscriber(local)
+    await env.start_runner()  # the same tracker again: it takes its old leases over at once
     assert await _attempt_ended(env, job_id, attempt=2) == "succeeded"
-    assert labeller.calls == 1, "stored speaker turns were found again"
-    assert env.transcriber.calls == 0
-    assert await _result(env, job_id) == first
+    assert labeller.calls == 2, "the stored speaker turns were found again"
+    assert env.transcriber.calls == 1  # the second chunk only
+    assert await _result(env, job_id) == uninterrupted
 
 
 async def test_diarization_failure_fails_the_job(
