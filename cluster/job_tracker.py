@@ -1,6 +1,7 @@
 """The JobTracker: a Serve deployment (no route) that runs asynchronous jobs.
 
-`build_app` composes it: it is bound with the Whisper deployment's handle, and the ingress
+`build_app` composes it: it is bound with the Whisper deployments' handles (and the
+`SpeakerDiarizer`'s when speaker labels are enabled, for `diarized_json` jobs), and the ingress
 gets its handle the same way, to nudge it when work is queued and to read its `status()`
 for `/readyz`. Serve owns its lifecycle: it starts it with the app, restarts a replica
 whose health check fails or whose process died, replaces it (rolling) when the app's
@@ -25,13 +26,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cluster import metrics
+from cluster.speaker_client import ServeDiarizer
 from cluster.whisper_client import ServeTranscriber
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
 from services.jobs import metrics as job_metrics
 from services.jobs.runner import JobRunner
 from services.resources import Resources, build_resources
-from services.transcription.service import Transcriber
+from services.transcription.service import SpeakerLabeller, Transcriber
 
 log = get_logger(__name__)
 
@@ -58,8 +60,10 @@ class TrackerCore:
         *,
         name: str,
         version: str = "",
+        speakers: SpeakerLabeller | None = None,
     ) -> None:
-        """`transcriber`: one per served model id, or one for the default model."""
+        """`transcriber`: one per served model id, or one for the default model; `speakers`
+        labels the speakers of `diarized_json` jobs (None: diarization is not enabled)."""
         configure_logging(settings.logging.level)
         self.name = name
         self._settings = settings
@@ -70,6 +74,7 @@ class TrackerCore:
         self._transcribers = (
             dict(transcriber) if isinstance(transcriber, Mapping) else {default: transcriber}
         )
+        self._speakers = speakers
         self._runners: list[JobRunner] = []
         self._error: str | None = None
         self._closing = False
@@ -88,7 +93,7 @@ class TrackerCore:
         while True:  # the database may not be up yet: keep trying
             try:
                 runner = self._resources.runner(
-                    name, self._transcribers[model_id], model_id=model_id
+                    name, self._transcribers[model_id], model_id=model_id, speakers=self._speakers
                 )
                 runner.sweeps = default
                 await runner.start()
@@ -220,13 +225,16 @@ class JobTracker(TrackerCore):
         transcribers: dict[str, DeploymentHandle[Any]],
         settings: Settings,
         version: str = "",
+        diarizer: DeploymentHandle[Any] | None = None,
     ) -> None:
-        """`transcribers`: each served model's Whisper deployment, by model id."""
+        """`transcribers`: each served model's Whisper deployment, by model id; `diarizer`:
+        the `SpeakerDiarizer` deployment when speaker labels are enabled."""
         metrics.install("tracker")
         context = serve.get_replica_context()
         name = f"job-tracker:{context.app_name}:{context.replica_id.unique_id}"
         clients = {model: ServeTranscriber(handle) for model, handle in transcribers.items()}
-        super().__init__(settings, clients, name=name, version=version)
+        speakers = ServeDiarizer(diarizer) if diarizer is not None else None
+        super().__init__(settings, clients, name=name, version=version, speakers=speakers)
 
     async def __del__(self) -> None:
         """Serve calls this when it stops the replica gracefully (not after a kill)."""

@@ -98,14 +98,17 @@ def build_app(args: AppArgs) -> Application:
         log.warning("release_digest_differs", stamped=args.release or None, built=release)
     models = ServedModels.from_settings(settings)
     transcribers = {model.id: whisper_deployment(settings, models, model.id) for model in models}
-    # `@serve.deployment` turns the classes into Deployments; its typing does not say so.
-    tracker = JobTracker.bind(transcribers, settings, release)  # type: ignore[attr-defined]
     # Speaker labels: a CPU deployment of its own, built only when enabled (it needs the
-    # `rayscribe[diarization]` extra); without it diarized_json answers 400.
+    # `rayscribe[diarization]` extra); without it diarized_json answers 400. The ingress
+    # (synchronous requests) and the tracker (diarized jobs) share it.
+    # `@serve.deployment` turns the classes into Deployments; its typing does not say so.
     diarizer = (
         SpeakerDiarizer.bind(settings)  # type: ignore[attr-defined]
         if settings.diarization.enabled
         else None
+    )
+    tracker = JobTracker.bind(  # type: ignore[attr-defined]
+        transcribers, settings, release, diarizer
     )
     app: Application = Ingress.bind(  # type: ignore[attr-defined]
         transcribers, tracker, settings, diarizer

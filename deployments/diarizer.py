@@ -3,8 +3,9 @@
 Its own deployment so that diarization runs in parallel with transcription rather than
 inside a Whisper replica's batch loop. Built only when `RAYSCRIBE_DIARIZATION__ENABLED=true`
 and the `rayscribe[diarization]` extra is installed (torch, the encoder weights, scikit-learn).
-The ingress reaches it through `ServeDiarizer`, the services' `SpeakerLabeller` over its
-handle, for `response_format=diarized_json` on synchronous transcriptions.
+The ingress (synchronous transcriptions) and the job tracker (diarized jobs) reach it
+through `ServeDiarizer` (cluster/speaker_client.py), the services' `SpeakerLabeller` over
+its handle, for `response_format=diarized_json`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from typing import Any
 
 import numpy as np
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
-from cluster.whisper_client import serve_call_errors
+from cluster.speaker_client import ServeDiarizer
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
-from services.diarization.pipeline import Diarizer, Reference, Turn
-from services.transcription.domain import Waveform
+from services.diarization.pipeline import Diarizer, Reference
 
 log = get_logger(__name__)
+
+__all__ = ["DEPLOYMENT_NAME", "ServeDiarizer", "SpeakerDiarizer"]
 
 DEPLOYMENT_NAME = "SpeakerDiarizer"
 NUM_CPUS = 0.0
@@ -70,23 +71,3 @@ class SpeakerDiarizer:
     ) -> list[dict[str, Any]]:
         """Speaker turns (`start`, `end` in seconds, `speaker`) of 16 kHz mono audio."""
         return await asyncio.to_thread(self._run, audio, num_speakers, references or [])
-
-
-class ServeDiarizer:
-    """The services' `SpeakerLabeller` over a handle to `SpeakerDiarizer`; a full queue or
-    a replica lost mid-request is 503, as for the Whisper deployment."""
-
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self._handle = handle
-
-    async def diarize(
-        self,
-        audio: Waveform,
-        num_speakers: int | None,
-        references: list[tuple[str, Waveform]],
-    ) -> list[Turn]:
-        with serve_call_errors("speaker-labelling"):
-            turns: list[dict[str, Any]] = await self._handle.diarize.remote(
-                audio, num_speakers, references
-            )
-        return [Turn(float(t["start"]), float(t["end"]), str(t["speaker"])) for t in turns]

@@ -24,7 +24,7 @@ from services.jobs.service import JobsService
 from services.limits.wiring import job_usage_reconciler
 from services.transcription.models import ServedModels
 from services.transcription.result_cache import ResultCache, ResultStore, engine_version
-from services.transcription.service import Transcriber
+from services.transcription.service import SpeakerLabeller, Transcriber
 
 
 @dataclass
@@ -49,9 +49,15 @@ class Resources:
         return self.model_results.get(model_id, self.results)
 
     def runner(
-        self, name: str, transcriber: Transcriber, *, model_id: str | None = None
+        self,
+        name: str,
+        transcriber: Transcriber,
+        *,
+        model_id: str | None = None,
+        speakers: SpeakerLabeller | None = None,
     ) -> JobRunner:
-        """A runner for the jobs of one model (the default unless `model_id` is given)."""
+        """A runner for the jobs of one model (the default unless `model_id` is given);
+        `speakers` labels the speakers of its `diarized_json` jobs."""
         model_id = model_id or self.jobs.model_id
         return JobRunner(
             name=name,
@@ -63,6 +69,7 @@ class Resources:
             settings=self.settings.jobs,
             model_id=model_id,
             on_finished=job_usage_reconciler(self.settings, self.storage),
+            speakers=speakers,
         )
 
     async def close(self) -> None:
@@ -106,6 +113,7 @@ def build_resources(settings: Settings, *, nudge: Callable[[], None]) -> Resourc
         model_id=model_id,
         nudge=nudge,
         models=models,
+        diarization=settings.diarization.enabled,
     )
     return Resources(
         settings, engine, sessions, storage, cache, results, jobs, models, model_results

@@ -70,7 +70,7 @@ async def submit_job(
     form: RequestForm,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JobView:
-    fields = transcription.check(form.for_route(form.task))
+    fields = transcription.check(form.for_route(form.task, job=True))
     view, created = await admission.submit(
         file.file,
         lambda quota: jobs.submit(

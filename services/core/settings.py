@@ -245,7 +245,7 @@ class DiarizationSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     enabled: bool = False
-    """Speaker labels (`response_format=diarized_json`, synchronous transcriptions): builds the `SpeakerDiarizer` deployment. Needs the extra `rayscribe[diarization]`."""
+    """Speaker labels (`response_format=diarized_json`, synchronous transcriptions and jobs): builds the `SpeakerDiarizer` deployment. Needs the extra `rayscribe[diarization]`."""
 
 
 class LoggingSettings(BaseModel):

@@ -13,6 +13,10 @@ job reads its view in the same transaction and announces it (`JobEvents`) after 
 
 Overload and replica restarts are interruptions, not failures: the job waits with capped
 backoff and keeps its attempts.
+
+A `diarized_json` job also needs its speaker turns (`speakers.py`): found once over the
+whole file, beside the chunks, and stored under the lease; the job succeeds only once both
+halves are stored, and `progress` counts the speakers as one more step than the chunks.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,6 +41,7 @@ from services.jobs import failures
 from services.jobs.chunking import BLOCK_S, CHUNKS_IN_FLIGHT, Chunk, Chunker, ChunkPlan, boundaries
 from services.jobs.events import JobEvents
 from services.jobs.leases import LeaseRepository
+from services.jobs.speakers import JobDiarizer, Steps, turns_to_rows
 from services.jobs.tables import Job
 from services.jobs.views import JobView
 from services.transcription.audio import AudioDecoder, scan_duration_s
@@ -48,7 +54,7 @@ from services.transcription.domain import (
 from services.transcription.merge import ChunkTranscript, merge_chunks
 from services.transcription.request import TranscriptionRequest
 from services.transcription.result_cache import ResultCache
-from services.transcription.service import Transcriber
+from services.transcription.service import SpeakerLabeller, Transcriber
 
 log = get_logger(__name__)
 
@@ -80,6 +86,7 @@ class JobExecutor:
         transcriber: Transcriber,
         settings: JobsSettings,
         on_finished: Callable[[Job, float], Awaitable[None]] | None = None,
+        speakers: SpeakerLabeller | None = None,
     ) -> None:
         self._sessions = sessions
         self._storage = storage
@@ -89,6 +96,9 @@ class JobExecutor:
         self._settings = settings
         self._on_finished = on_finished
         """Called once per succeeded job with its decoded length (usage reconciliation)."""
+        self._diarizer = JobDiarizer(
+            storage=storage, labeller=speakers, max_duration_s=settings.max_duration_s
+        )
 
     async def run(self, job: Job, epoch: int) -> None:
         """Run `job`, claimed under lease token `epoch`, and record how it ended."""
@@ -96,7 +106,7 @@ class JobExecutor:
             job.chunk_s = self._settings.chunk_s
         with structlog.contextvars.bound_contextvars(job_id=job.id, attempt=job.attempts):
             try:
-                transcript = await self._transcribe(job, epoch)
+                transcript = await self._work(job, epoch)
                 await self._finish(job, epoch, transcript)
             except LeaseLostError:
                 log.info("job_left", reason="cancelled or lease lost")
@@ -106,7 +116,54 @@ class JobExecutor:
                 else:
                     await self._failed(job, epoch, exc)
 
-    async def _transcribe(self, job: Job, epoch: int) -> Transcript:
+    async def _work(self, job: Job, epoch: int) -> Transcript:
+        """The transcript, once it and (for a diarized job) the speaker turns are stored."""
+        request = TranscriptionRequest.model_validate(job.options)
+        steps = Steps.of(job, request.diarized)
+        if request.diarized:
+            async with transaction(self._sessions) as session:
+                steps.speakers_done = (
+                    await LeaseRepository(session).speaker_turns(job.id) is not None
+                )
+        if not request.diarized or steps.speakers_done:  # stored turns are never found again
+            return await self._transcribe(job, epoch, steps)
+        words = asyncio.create_task(self._transcribe(job, epoch, steps))
+        speakers = asyncio.create_task(self._label(job, epoch, request, steps))
+        halves: list[asyncio.Task[Any]] = [words, speakers]
+        try:
+            finished, _ = await asyncio.wait(halves, return_when=asyncio.FIRST_EXCEPTION)
+            for half in finished:
+                half.result()  # the first failure of either ends the attempt
+        finally:
+            for half in halves:
+                half.cancel()
+            await asyncio.gather(*halves, return_exceptions=True)
+        return words.result()
+
+    async def _label(
+        self, job: Job, epoch: int, request: TranscriptionRequest, steps: Steps
+    ) -> None:
+        """Diarize the whole file once and store its turns under the lease."""
+        if job.audio_key is None:
+            raise AudioMissingError("The job's audio was deleted before it could run.")
+        turns = await self._diarizer.diarize(job.audio_key, request)
+        async with steps.lock:
+            steps.speakers_done = True
+            async with transaction(self._sessions) as session:
+                repo = LeaseRepository(session)
+                if not await repo.progress(
+                    job_id=job.id,
+                    epoch=epoch,
+                    done=steps.done,
+                    total=steps.total,
+                    duration_s=steps.seconds,
+                ):
+                    raise LeaseLostError
+                await repo.save_speaker_turns(job.id, turns_to_rows(turns), utcnow())
+                view = await _view(repo, job.id)
+        await self._events.announce([view])
+
+    async def _transcribe(self, job: Job, epoch: int, steps: Steps) -> Transcript:
         options = job_transcription_options(job)
         cached = await self._results.get(job.audio_sha256, options)
         if cached is not None:
@@ -130,8 +187,8 @@ class JobExecutor:
                 known=boundaries(cut_points),
             )
             resumed = next(k for k in range(len(done) + 1) if k not in done)
-            total = max(resumed, job.progress_total or 0, plan.chunks_for(declared))
-            await self._record_chunk(job, epoch, resumed - 1, None, True, total, declared)
+            total = max(resumed, steps.chunks_total, plan.chunks_for(declared))
+            await self._record_chunk(job, epoch, steps, resumed - 1, None, True, total, declared)
             parts: list[ChunkTranscript] = []
             # Up to `CHUNKS_IN_FLIGHT` chunks are with the model at once, so it never waits
             # for the tracker to decode the next one, and its batches fill across chunks.
@@ -165,7 +222,7 @@ class JobExecutor:
                         total = max(total, finished.index + 1 + plan.chunks_for(remaining))
                     seconds = declared if declared and not finished.last else finished.end_s
                     await self._record_chunk(
-                        job, epoch, finished.index, part, known, total, seconds
+                        job, epoch, steps, finished.index, part, known, total, seconds
                     )
             finally:
                 for _, work in sent:
@@ -181,22 +238,29 @@ class JobExecutor:
         self,
         job: Job,
         epoch: int,
+        steps: Steps,
         index: int,
         part: Transcript | None,
         known: bool,
-        total: int | None,
+        total: int,
         seconds: float | None,
     ) -> None:
         """Progress after chunk `index` (-1: none yet), and the chunk itself when it is new."""
-        async with transaction(self._sessions) as session:
-            repo = LeaseRepository(session)
-            if not await repo.progress(
-                job_id=job.id, epoch=epoch, done=index + 1, total=total, duration_s=seconds
-            ):
-                raise LeaseLostError
-            if part is not None and not known:
-                await repo.save_chunk(job.id, index, transcript_to_dict(part))
-            view = await _view(repo, job.id)
+        async with steps.lock:
+            steps.chunks_done, steps.chunks_total, steps.seconds = index + 1, total, seconds
+            async with transaction(self._sessions) as session:
+                repo = LeaseRepository(session)
+                if not await repo.progress(
+                    job_id=job.id,
+                    epoch=epoch,
+                    done=steps.done,
+                    total=steps.total,
+                    duration_s=steps.seconds,
+                ):
+                    raise LeaseLostError
+                if part is not None and not known:
+                    await repo.save_chunk(job.id, index, transcript_to_dict(part))
+                view = await _view(repo, job.id)
         await self._events.announce([view])
 
     async def _record_cut_points(self, job: Job, epoch: int, cut_points: list[float]) -> None:

@@ -17,7 +17,14 @@ from sqlalchemy import and_, delete, func, or_, select, update
 
 from services.jobs.failures import ATTEMPTS_EXHAUSTED, LOST_EVERY_ATTEMPT, MODEL_NOT_SERVED
 from services.jobs.repository import Repository
-from services.jobs.tables import Job, JobChunk, JobResult, JobStatus, TrackerIncarnation
+from services.jobs.tables import (
+    Job,
+    JobChunk,
+    JobResult,
+    JobSpeakers,
+    JobStatus,
+    TrackerIncarnation,
+)
 
 
 class LeaseRepository(Repository):
@@ -256,6 +263,16 @@ class LeaseRepository(Repository):
         await self.session.execute(
             self._insert(JobChunk)
             .values(job_id=job_id, index=index, transcript=transcript)
+            .on_conflict_do_nothing()
+        )
+
+    async def save_speaker_turns(
+        self, job_id: str, turns: list[dict[str, Any]], now: datetime
+    ) -> None:
+        """Kept once: a late second diarization of the same job never replaces the first."""
+        await self.session.execute(
+            self._insert(JobSpeakers)
+            .values(job_id=job_id, turns=turns, created_at=now)
             .on_conflict_do_nothing()
         )
 

@@ -27,6 +27,7 @@ from services.jobs.tables import (
     Job,
     JobChunk,
     JobResult,
+    JobSpeakers,
     JobStatus,
 )
 
@@ -50,6 +51,11 @@ class Repository:
             select(Job).where(Job.id.in_(job_ids)).execution_options(populate_existing=True)
         )
         return list(rows)
+
+    async def speaker_turns(self, job_id: str) -> list[dict[str, Any]] | None:
+        """The job's stored speaker turns (`diarized_json` jobs), None if none were stored."""
+        row = await self.session.get(JobSpeakers, job_id)
+        return row.turns if row else None
 
     async def _compare_and_set(self, condition: Any, **values: Any) -> bool:
         """One UPDATE guarded by `condition`; True if it changed the row."""
@@ -141,6 +147,7 @@ class JobRepository(Repository):
         job.version = (job.version or 0) + 1
         await self.session.execute(delete(JobResult).where(JobResult.job_id == job_id))
         await self.session.execute(delete(JobChunk).where(JobChunk.job_id == job_id))
+        await self.session.execute(delete(JobSpeakers).where(JobSpeakers.job_id == job_id))
         return key
 
     async def expired(self, now: datetime, limit: int) -> list[tuple[str, str | None]]:
@@ -173,6 +180,7 @@ class JobRepository(Repository):
         )
         await self.session.execute(delete(JobResult).where(JobResult.job_id.in_(job_ids)))
         await self.session.execute(delete(JobChunk).where(JobChunk.job_id.in_(job_ids)))
+        await self.session.execute(delete(JobSpeakers).where(JobSpeakers.job_id.in_(job_ids)))
 
     async def drop_tombstones(self, expired_before: datetime, limit: int) -> list[str]:
         """Delete tombstones whose retention ended before `expired_before`; their ids."""
@@ -197,6 +205,7 @@ class JobRepository(Repository):
             )
             await self.session.execute(delete(JobResult).where(JobResult.job_id.in_(job_ids)))
             await self.session.execute(delete(JobChunk).where(JobChunk.job_id.in_(job_ids)))
+            await self.session.execute(delete(JobSpeakers).where(JobSpeakers.job_id.in_(job_ids)))
             await self.session.execute(delete(Job).where(Job.id.in_(job_ids)))
         return job_ids
 

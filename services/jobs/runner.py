@@ -36,7 +36,7 @@ from services.jobs.service import JobsService
 from services.jobs.tables import Job
 from services.jobs.views import JobView
 from services.transcription.result_cache import ResultCache
-from services.transcription.service import Transcriber
+from services.transcription.service import SpeakerLabeller, Transcriber
 
 log = get_logger(__name__)
 
@@ -57,6 +57,7 @@ class JobRunner:
         settings: JobsSettings,
         model_id: str,
         on_finished: Callable[[Job, float], Awaitable[None]] | None = None,
+        speakers: SpeakerLabeller | None = None,
     ) -> None:
         self.name = name
         self._sessions = sessions
@@ -70,6 +71,7 @@ class JobRunner:
             transcriber=transcriber,
             settings=settings,
             on_finished=on_finished,
+            speakers=speakers,
         )
         self._settings = settings
         self._model_id = model_id

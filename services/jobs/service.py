@@ -39,9 +39,11 @@ from services.core.logging import get_logger
 from services.core.paging import check_page
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage, StoredAudio
+from services.diarization.render import diarized_json
 from services.jobs.chunking import estimated_chunks
 from services.jobs.events import JobEvents
 from services.jobs.repository import JobRepository
+from services.jobs.speakers import not_diarized, turns_of_rows
 from services.jobs.sweeper import Sweeper, SweepReport
 from services.jobs.tables import ACTIVE, Job, JobStatus
 from services.jobs.views import JobPage, JobView
@@ -50,6 +52,7 @@ from services.transcription.domain import ResponseFormat, TimestampGranularity, 
 from services.transcription.formats import RenderedTranscript, render
 from services.transcription.models import ServedModels
 from services.transcription.request import TranscriptionRequest
+from services.transcription.service import DIARIZATION_UNAVAILABLE, DiarizationUnavailableError
 
 log = get_logger(__name__)
 
@@ -73,8 +76,11 @@ class JobsService:
         model_id: str,
         nudge: Callable[[], None],
         models: ServedModels | None = None,
+        diarization: bool = False,
     ) -> None:
         self._sessions = sessions
+        self._diarization = diarization
+        """Speaker labels are enabled (`diarized_json` jobs are accepted)."""
         self._storage = storage
         self._settings = settings
         self.model_id = model_id
@@ -101,6 +107,8 @@ class JobsService:
 
         `quota` is checked in the transaction that inserts the job (services/limits).
         The upload's size is bounded before it gets here, by the HTTP edge's body limit."""
+        if request.diarized and not self._diarization:
+            raise DiarizationUnavailableError(DIARIZATION_UNAVAILABLE, param="response_format")
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
             raise InvalidRequestError(
                 "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
@@ -167,7 +175,9 @@ class JobsService:
             interruptions=0,
             version=0,
             chunk_s=self._settings.chunk_s,
-            progress_total=estimated_chunks(declared_s, self._settings.chunk_s, self._settings),
+            # A diarized job's speakers are one more step (`speakers.Steps`).
+            progress_total=estimated_chunks(declared_s, self._settings.chunk_s, self._settings)
+            + int(request.diarized),
         )
         async with transaction(self._sessions) as session:
             repo = JobRepository(session)
@@ -248,12 +258,19 @@ class JobsService:
             if job.result_deleted:
                 raise GoneError(f"The result of job {job_id} was deleted.", code="result_deleted")
             stored = await repo.result(job_id)
+            request = TranscriptionRequest.model_validate(job.options)
+            wanted = request.rendered_as(response_format, granularities)
+            turns = await repo.speaker_turns(job_id) if wanted.diarized else None
         if stored is None:
             raise GoneError(f"The result of job {job_id} was deleted.", code="result_deleted")
-        request = TranscriptionRequest.model_validate(job.options)
-        return render(
-            transcript_from_dict(stored), request.rendered_as(response_format, granularities)
-        )
+        transcript = transcript_from_dict(stored)
+        if wanted.diarized:  # the same renderer as a synchronous diarized_json
+            if turns is None:
+                raise not_diarized(job_id)
+            return RenderedTranscript(
+                diarized_json(transcript, turns_of_rows(turns)), "application/json"
+            )
+        return render(transcript, wanted)
 
     async def page(
         self, owner: str | None, status: JobStatus | None, limit: int, cursor: str | None

@@ -95,6 +95,20 @@ class JobChunk(Base):
     transcript: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class JobSpeakers(Base):
+    """The speaker turns of a `diarized_json` job, found once over the whole file and kept,
+    so every chunk and every retry of the job labels words with the same speakers."""
+
+    __tablename__ = "job_speakers"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    turns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    """`start`, `end` (seconds) and `speaker` of each turn, in time order."""
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("ix_idempotency_keys_created", "created_at"),)

@@ -247,12 +247,13 @@ class TranscriptionRequest(BaseModel):
         return sorted(set(wanted)) or list(DEFAULT_GRANULARITIES)
 
     def for_route(
-        self, task: Task, *, granularities: bool = True, live: bool = False
+        self, task: Task, *, granularities: bool = True, live: bool = False, job: bool = False
     ) -> TranscriptionRequest:
         """This request as the route that received it runs it: the route decides the task,
         a translation has no source language (Whisper detects it), and a route without
         `timestamp_granularities` (translations, as at OpenAI) uses the default. Only a
-        `live` route (synchronous transcription) streams and returns log-probabilities."""
+        `live` route (synchronous transcription) streams and returns log-probabilities;
+        it and a `job` label speakers (`diarized_json`), a job with `num_speakers` only."""
         if not live and self.stream:
             raise InvalidRequestError(
                 "stream=true is supported on POST /v1/audio/transcriptions only (a job's "
@@ -271,11 +272,18 @@ class TranscriptionRequest(BaseModel):
                     "translations do not support it.",
                     param="response_format",
                 )
-            if not live:
+            if not live and not job:
                 raise InvalidRequestError(
                     "response_format=diarized_json is supported on POST "
-                    "/v1/audio/transcriptions only (not yet on jobs or batches).",
+                    "/v1/audio/transcriptions and POST /v1/jobs only (not yet on batches).",
                     param="response_format",
+                )
+            if job and self.known_speaker_references:
+                raise InvalidRequestError(
+                    "known_speaker_names[] and known_speaker_references[] are supported on "
+                    "POST /v1/audio/transcriptions only (not yet on jobs); a job can give "
+                    "num_speakers.",
+                    param=REFERENCES_FIELD,
                 )
         update: dict[str, Any] = {"task": task}
         if task is Task.TRANSLATE:

@@ -78,13 +78,15 @@ class JobsEnv:
     app_runtime: Resources
     runner_runtime: Resources
     transcriber: Any
+    speakers: Any = None
+    """The runner's `SpeakerLabeller` (diarized jobs), if any."""
     runner: JobRunner | None = None
     _task: asyncio.Task[None] | None = None
     _wake: asyncio.Event | None = None
 
     async def start_runner(self, name: str = "test-tracker") -> JobRunner:
         self._wake = asyncio.Event()
-        self.runner = self.runner_runtime.runner(name, self.transcriber)
+        self.runner = self.runner_runtime.runner(name, self.transcriber, speakers=self.speakers)
         await self.runner.start()
         self._task = asyncio.create_task(self.runner.run_forever(self._wake))
         return self.runner
@@ -125,13 +127,16 @@ class JobsEnv:
         raise TimeoutError(f"job {job_id} did not finish")
 
 
-def make_settings(data_dir: Path, backend: str, postgres: str, redis: str, **jobs: Any) -> Settings:
+def make_settings(
+    data_dir: Path, backend: str, postgres: str, redis: str, diarization: bool = False, **jobs: Any
+) -> Settings:
     return Settings(
         _env_file=None,
         data_dir=data_dir,
         database={"url": postgres if backend == "postgres" else None},
         redis={"url": redis if backend == "postgres" else None},
         cache={"enabled": False, "status_ttl_s": 30},
+        diarization={"enabled": diarization},
         jobs={"poll_interval_s": 0.2, "retry_backoff_s": 0.05, "lease_s": 6, **jobs},
     )
 
@@ -192,10 +197,15 @@ async def env_factory(
     """Builds a jobs environment; keyword arguments override job settings."""
     made: list[JobsEnv] = []
 
-    async def make(*, start: bool = True, **jobs: Any) -> JobsEnv:
-        settings = make_settings(tmp_path, backend, shared_postgres, shared_redis, **jobs)
+    async def make(
+        *, start: bool = True, diarization: bool = False, speakers: Any = None, **jobs: Any
+    ) -> JobsEnv:
+        settings = make_settings(
+            tmp_path, backend, shared_postgres, shared_redis, diarization, **jobs
+        )
         await _reset(settings, backend, shared_redis)
         env = await build_env(settings, local_transcriber, backend)
+        env.speakers = speakers
         made.append(env)
         if start:
             await env.start_runner()

@@ -15,7 +15,14 @@ from services.core.db import Base
 from services.migrations import downgrade, upgrade
 from tests.servers import create_database, drop_database
 
-TABLES = {"jobs", "job_results", "job_chunks", "idempotency_keys", "tracker_incarnations"}
+TABLES = {
+    "jobs",
+    "job_results",
+    "job_chunks",
+    "job_speakers",
+    "idempotency_keys",
+    "tracker_incarnations",
+}
 
 
 async def _tables_and_drift(url: str) -> tuple[set[str], list[object]]:

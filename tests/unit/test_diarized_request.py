@@ -120,12 +120,17 @@ def test_other_text_fields_stay_small() -> None:
     assert _request(known_speaker_names=["A"], known_speaker_references=[big])
 
 
-def test_translation_and_jobs_refuse_diarized_json() -> None:
+def test_translation_and_batches_refuse_diarized_json() -> None:
     with pytest.raises(InvalidRequestError, match="translations"):
         _request().for_route(Task.TRANSLATE, granularities=False)
-    with pytest.raises(InvalidRequestError, match="not yet on jobs"):
+    with pytest.raises(InvalidRequestError, match="not yet on batches"):
         _request().for_route(Task.TRANSCRIBE)
     assert _request().for_route(Task.TRANSCRIBE, live=True).diarized
+    assert _request(num_speakers=2).for_route(Task.TRANSCRIBE, job=True).diarized
+    with pytest.raises(InvalidRequestError, match="not yet on jobs"):
+        _request(
+            known_speaker_names=["A"], known_speaker_references=["data:audio/wav;base64,UklGRg=="]
+        ).for_route(Task.TRANSCRIBE, job=True)
 
 
 def test_stream_refuses_diarized_json() -> None:

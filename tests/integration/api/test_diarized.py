@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import wave
 from collections.abc import Iterator
 from typing import Any
@@ -126,10 +127,47 @@ def test_translation_refuses_diarized_json(http: httpx.Client) -> None:
     assert "translation" in error["message"]
 
 
-def test_jobs_refuse_diarized_json(http: httpx.Client) -> None:
-    error = _error(_post(http, "/v1/jobs"))
+def test_diarized_job_labels_each_turn(http: httpx.Client) -> None:
+    """Through the tracker and its handle on the SpeakerDiarizer: the same labels as sync."""
+    submitted = _post(http, "/v1/jobs", num_speakers="2")
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 120
+    while True:
+        job = http.get(f"/v1/jobs/{job_id}").json()
+        assert job["progress"]["total"] is not None, job
+        assert job["progress"]["done"] <= job["progress"]["total"], job
+        if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == {"done": 2, "total": 2}  # one chunk and the speakers
+    result = http.get(f"/v1/jobs/{job_id}/result")
+    assert result.status_code == 200, result.text
+    body = result.json()
+    assert body["task"] == "transcribe"
+    first = TRUTH[0].speaker
+    other = next(t.speaker for t in TRUTH if t.speaker != first)
+    runs: list[str] = []
+    for segment in body["segments"]:
+        if not runs or runs[-1] != segment["speaker"]:
+            runs.append(segment["speaker"])
+    assert runs == _truth_runs({first: "A", other: "B"})
+    plain = http.get(f"/v1/jobs/{job_id}/result", params={"response_format": "srt"})
+    assert plain.status_code == 200, plain.text
+    assert "-->" in plain.text
+
+
+def test_jobs_refuse_diarized_json_where_not_enabled(multi_http: httpx.Client) -> None:
+    error = _error(_post(multi_http, "/v1/jobs"))
+    assert error["code"] == "diarization_unavailable"
     assert error["param"] == "response_format"
-    assert "/v1/audio/transcriptions" in error["message"]
+
+
+def test_translation_jobs_refuse_diarized_json(http: httpx.Client) -> None:
+    error = _error(_post(http, "/v1/jobs", task="translate"))
+    assert error["param"] == "response_format"
+    assert "translation" in error["message"]
 
 
 def test_too_many_references(http: httpx.Client) -> None:

@@ -1,0 +1,237 @@
+"""Speaker labels on jobs (`response_format=diarized_json`), against real databases.
+
+The real tiny.en model and the real diarization pipeline (in this process, behind the
+`SpeakerLabeller` protocol, counting its calls) on a two-speaker conversation of recorded
+voices, long enough for two 30 s chunks: the labels follow the turns across both chunks,
+and a job whose tracker is killed mid-run resumes from its stored chunk and turns, never
+diarizes again and answers the same labels as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import wave
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from services.diarization.pipeline import Diarizer, Turn
+from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
+from tests.diarization.conversations import SAMPLE_RATE, conversation
+from tests.jobs.conftest import CountingTranscriber, JobsEnv
+
+CONVERSATION, TRUTH = conversation(2, rounds=6, gap_s=0.4, seed=3)  # 58 s: two chunks
+CHUNK_S = 30.0
+
+
+class CountingLabeller:
+    """The real pipeline behind the `SpeakerLabeller` protocol, counting the files it gets."""
+
+    def __init__(self, diarizer: Diarizer, *, fail: bool = False) -> None:
+        self._diarizer = diarizer
+        self._fail = fail
+        self.calls = 0
+
+    async def diarize(
+        self, audio: Waveform, num_speakers: int | None, references: list[tuple[str, Waveform]]
+    ) -> list[Turn]:
+        self.calls += 1
+        if self._fail:
+            raise RuntimeError("the encoder ran out of memory")
+        return await asyncio.to_thread(self._diarizer.diarize, audio, num_speakers)
+
+
+@pytest.fixture(scope="module")
+def diarizer() -> Diarizer:
+    return Diarizer()
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("speakers") / "talk.wav"
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(CONVERSATION, -1, 1) * 32767).astype("<i2").tobytes())
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def _runs(segments: Sequence[dict[str, Any]]) -> list[str]:
+    runs: list[str] = []
+    for segment in segments:
+        if not runs or runs[-1] != segment["speaker"]:
+            runs.append(segment["speaker"])
+    return runs
+
+
+async def _execute(env: JobsEnv, statement: str, **params: Any) -> None:
+    async with env.app_runtime.sessions() as session, session.begin():
+        await session.execute(text(statement), params)
+
+
+async def _attempt_ended(env: JobsEnv, job_id: str, attempt: int) -> str:
+    """The job's status once its `attempt`-th attempt ended (read from the database: the
+    status cache still holds the first run's answer)."""
+    for _ in range(600):
+        rows = await env.sql("SELECT status, attempts FROM jobs WHERE id = :id", id=job_id)
+        status, attempts = rows[0]
+        if attempts >= attempt and status not in ("queued", "running"):
+            return str(status)
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"attempt {attempt} of job {job_id} did not end")
+
+
+async def _result(env: JobsEnv, job_id: str, **params: str) -> Any:
+    response = await env.client.get(f"/v1/jobs/{job_id}/result", params=params)
+    assert response.status_code == 200, response.text
+    return response.json() if "json" in response.headers["content-type"] else response.text
+
+
+async def test_diarized_job_labels_turns_and_a_killed_one_resumes_with_them(
+    env_factory: Any, diarizer: Diarizer, talk: Path
+) -> None:
+    labeller = CountingLabeller(diarizer)
+    env: JobsEnv = await env_factory(diarization=True, speakers=labeller, chunk_s=CHUNK_S)
+    submitted = await env.submit(talk, response_format="diarized_json", num_speakers="2")
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    assert submitted.json()["progress"]["total"] == 3  # two chunks and the speakers
+    done = await env.wait(job_id)
+    assert done["status"] == "succeeded", done
+    assert done["progress"] == {"done": 3, "total": 3}
+    assert labeller.calls == 1
+    chunks = await env.sql("SELECT count(*) FROM job_chunks WHERE job_id = :id", id=job_id)
+    assert chunks[0][0] == 2
+
+    first = await _result(env, job_id)
+    assert first["task"] == "transcribe"
+    assert first["duration"] == pytest.approx(CONVERSATION.size / SAMPLE_RATE, abs=0.05)
+    assert {s["type"] for s in first["segments"]} == {"transcript.text.segment"}
+    # Each turn of the truth is one run of its speaker, the same label in both chunks.
+    order = [TRUTH[0].speaker, next(t.speaker for t in TRUTH if t.speaker != TRUTH[0].speaker)]
+    names = dict(zip(order, ["A", "B"], strict=True))
+    assert _runs(first["segments"]) == [names[turn.speaker] for turn in TRUTH]
+    # Other formats still work on it, without speakers.
+    verbose = await _result(env, job_id, response_format="verbose_json")
+    assert verbose["text"] == first["text"]
+    assert "speaker" not in str(verbose)
+    assert (await _result(env, job_id, response_format="text")).strip() == first["text"]
+
+    await _killed_mid_job(env, labeller, talk, first)
+
+
+class StallingTranscriber(CountingTranscriber):
+    """Transcribes the first chunk, then holds every later one until cancelled: a tracker
+    that dies mid-job, after its first chunk and the speakers were stored."""
+
+    async def transcribe(
+        self, audio: Waveform, options: TranscriptionOptions, *, background: bool = False
+    ) -> Transcript:
+        if self.calls >= 1:
+            await asyncio.Event().wait()
+        return await super().transcribe(audio, options, background=background)
+
+
+async def _killed_mid_job(
+    env: JobsEnv, labeller: CountingLabeller, talk: Path, uninterrupted: Any
+) -> None:
+    """The same audio again, the tracker killed once its first chunk and the speakers are
+    stored: the resumed job diarizes nothing, transcribes only the rest, and answers the
+    same labels as the uninterrupted run."""
+    fields = {"response_format": "diarized_json", "num_speakers": "2"}
+    await env.stop_runner()
+    local = env.transcriber
+    env.transcriber = StallingTranscriber(local)
+    await env.start_runner()
+    job_id = (await env.submit(talk, **fields)).json()["id"]
+    for _ in range(600):
+        chunks = await env.sql("SELECT count(*) FROM job_chunks WHERE job_id = :id", id=job_id)
+        speakers = await env.sql("SELECT count(*) FROM job_speakers WHERE job_id = :id", id=job_id)
+        if chunks[0][0] == 1 and speakers[0][0] == 1:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise TimeoutError("the first chunk and the speakers were not stored")
+    assert labeller.calls == 2
+    progress = await env.sql(
+        "SELECT progress_done, progress_total FROM jobs WHERE id = :id", id=job_id
+    )
+    assert tuple(progress[0]) == (2, 3)  # one chunk and the speakers, of two chunks and them
+    await env.stop_runner()  # the tracker dies with the job running under its lease
+    env.transcriber = CountingTranscriber(local)
+    await env.start_runner()  # the same tracker again: it takes its old leases over at once
+    assert await _attempt_ended(env, job_id, attempt=2) == "succeeded"
+    assert labeller.calls == 2, "the stored speaker turns were found again"
+    assert env.transcriber.calls == 1  # the second chunk only
+    assert await _result(env, job_id) == uninterrupted
+
+
+async def test_diarization_failure_fails_the_job(
+    env_factory: Any, diarizer: Diarizer, talk: Path
+) -> None:
+    labeller = CountingLabeller(diarizer, fail=True)
+    env: JobsEnv = await env_factory(diarization=True, speakers=labeller, max_attempts=1)
+    job_id = (await env.submit(talk, response_format="diarized_json")).json()["id"]
+    done = await env.wait(job_id)
+    assert done["status"] == "failed"
+    assert done["error_code"] == "attempts_exhausted"
+    assert "(diarization_failed)" in done["error"]
+    assert "memory" not in done["error"]  # the exception's text stays in the log
+
+
+async def test_tracker_without_a_labeller_fails_the_job(env_factory: Any, talk: Path) -> None:
+    env: JobsEnv = await env_factory(diarization=True)  # accepted, but no labeller runs it
+    job_id = (await env.submit(talk, response_format="diarized_json")).json()["id"]
+    done = await env.wait(job_id)
+    assert done["status"] == "failed"
+    assert done["error_code"] == "diarization_unavailable"
+
+
+async def test_diarized_job_refusals(env_factory: Any, talk: Path) -> None:
+    off: JobsEnv = await env_factory(start=False)
+    refused = await off.submit(talk, response_format="diarized_json")
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "diarization_unavailable"
+    assert "RAYSCRIBE_DIARIZATION__ENABLED=true" in error["message"]
+    stored = await off.sql("SELECT count(*) FROM jobs")
+    assert stored[0][0] == 0
+
+
+async def test_diarized_job_bad_fields(env_factory: Any, talk: Path) -> None:
+    env: JobsEnv = await env_factory(diarization=True)
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"task": "translate"}, "response_format", "translations do not support it"),
+        ({"num_speakers": "0"}, "num_speakers", "between 1 and 8"),
+        ({"num_speakers": "9"}, "num_speakers", "between 1 and 8"),
+        (
+            {
+                "known_speaker_names[]": ["Alice"],
+                "known_speaker_references[]": ["data:audio/wav;base64,UklGRg=="],
+            },
+            "known_speaker_references",
+            "not yet on jobs",
+        ),
+    ]
+    for fields, param, said in cases:
+        response = await env.submit(talk, response_format="diarized_json", **fields)
+        assert response.status_code == 400, (fields, response.text)
+        error = response.json()["error"]
+        assert error["param"] == param, error
+        assert said in error["message"], error
+    # A job submitted without speakers cannot be read as diarized_json later.
+    plain = (await env.submit(talk, response_format="json")).json()["id"]
+    assert (await env.wait(plain))["status"] == "succeeded"
+    later = await env.client.get(
+        f"/v1/jobs/{plain}/result", params={"response_format": "diarized_json"}
+    )
+    assert later.status_code == 400, later.text
+    assert "not submitted with response_format=diarized_json" in later.json()["error"]["message"]
