@@ -24,6 +24,7 @@ from services.jobs.streams import Expired, Item, KeepAlive, StreamLimiter, Strea
 from services.jobs.tables import JobStatus
 from services.jobs.views import JobPage, JobView
 from services.transcription.domain import ResponseFormat, TimestampGranularity
+from services.transcription.request_speakers import MAX_REFERENCE_FIELD_BYTES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_transcriber)])
 # Every route takes the caller (`TranscriberDep`, 403 without the role) and passes
@@ -58,6 +59,8 @@ SUBMITTED: dict[int | str, dict[str, Any]] = {
     status_code=202,
     summary="Submit audio for asynchronous transcription",
     responses={**SUBMITTED, **UPLOAD_ERRORS, **error_responses(409)},
+    # known_speaker_references[] are audio clips as data URLs (as on /v1/audio/transcriptions)
+    form_limits={"max_part_size": MAX_REFERENCE_FIELD_BYTES},
 )
 async def submit_job(
     request: Request,

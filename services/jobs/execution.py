@@ -146,7 +146,9 @@ class JobExecutor:
         """Diarize the whole file once and store its turns under the lease."""
         if job.audio_key is None:
             raise AudioMissingError("The job's audio was deleted before it could run.")
-        turns = await self._diarizer.diarize(job.audio_key, request)
+        async with transaction(self._sessions) as session:
+            references = await LeaseRepository(session).speaker_references(job.id)
+        turns = await self._diarizer.diarize(job.audio_key, request, references)
         async with steps.lock:
             steps.speakers_done = True
             async with transaction(self._sessions) as session:

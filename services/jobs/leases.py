@@ -21,6 +21,7 @@ from services.jobs.tables import (
     Job,
     JobChunk,
     JobResult,
+    JobSpeakerReference,
     JobSpeakers,
     JobStatus,
     TrackerIncarnation,
@@ -269,11 +270,15 @@ class LeaseRepository(Repository):
     async def save_speaker_turns(
         self, job_id: str, turns: list[dict[str, Any]], now: datetime
     ) -> None:
-        """Kept once: a late second diarization of the same job never replaces the first."""
+        """Kept once: a late second diarization of the same job never replaces the first.
+        The known speakers' references are no longer needed once the turns are named."""
         await self.session.execute(
             self._insert(JobSpeakers)
             .values(job_id=job_id, turns=turns, created_at=now)
             .on_conflict_do_nothing()
+        )
+        await self.session.execute(
+            delete(JobSpeakerReference).where(JobSpeakerReference.job_id == job_id)
         )
 
     async def record_cut_points(self, *, job_id: str, epoch: int, cut_points: list[float]) -> bool:

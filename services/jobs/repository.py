@@ -12,6 +12,7 @@ Claiming uses `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from services.jobs.tables import (
     Job,
     JobChunk,
     JobResult,
+    JobSpeakerReference,
     JobSpeakers,
     JobStatus,
 )
@@ -57,6 +59,15 @@ class Repository:
         row = await self.session.get(JobSpeakers, job_id)
         return row.turns if row else None
 
+    async def speaker_references(self, job_id: str) -> list[tuple[str, bytes]]:
+        """The job's known speakers as (name, 16 kHz 16-bit PCM), in the order given."""
+        rows = await self.session.scalars(
+            select(JobSpeakerReference)
+            .where(JobSpeakerReference.job_id == job_id)
+            .order_by(JobSpeakerReference.position)
+        )
+        return [(row.name, row.pcm) for row in rows]
+
     async def _compare_and_set(self, condition: Any, **values: Any) -> bool:
         """One UPDATE guarded by `condition`; True if it changed the row."""
         changed = await self.session.execute(
@@ -68,8 +79,14 @@ class Repository:
 class JobRepository(Repository):
     # -- submission ---------------------------------------------------------------------
 
-    async def add(self, job: Job) -> None:
+    async def add(self, job: Job, references: Sequence[tuple[str, bytes]] = ()) -> None:
+        """The job and its known speakers' references (name, PCM), in one flush."""
         self.session.add(job)
+        await self.session.flush()
+        self.session.add_all(
+            JobSpeakerReference(job_id=job.id, position=i, name=name, pcm=pcm)
+            for i, (name, pcm) in enumerate(references)
+        )
         await self.session.flush()
 
     async def claim_key(
@@ -148,6 +165,9 @@ class JobRepository(Repository):
         await self.session.execute(delete(JobResult).where(JobResult.job_id == job_id))
         await self.session.execute(delete(JobChunk).where(JobChunk.job_id == job_id))
         await self.session.execute(delete(JobSpeakers).where(JobSpeakers.job_id == job_id))
+        await self.session.execute(
+            delete(JobSpeakerReference).where(JobSpeakerReference.job_id == job_id)
+        )
         return key
 
     async def expired(self, now: datetime, limit: int) -> list[tuple[str, str | None]]:
@@ -181,6 +201,9 @@ class JobRepository(Repository):
         await self.session.execute(delete(JobResult).where(JobResult.job_id.in_(job_ids)))
         await self.session.execute(delete(JobChunk).where(JobChunk.job_id.in_(job_ids)))
         await self.session.execute(delete(JobSpeakers).where(JobSpeakers.job_id.in_(job_ids)))
+        await self.session.execute(
+            delete(JobSpeakerReference).where(JobSpeakerReference.job_id.in_(job_ids))
+        )
 
     async def drop_tombstones(self, expired_before: datetime, limit: int) -> list[str]:
         """Delete tombstones whose retention ended before `expired_before`; their ids."""
@@ -206,6 +229,9 @@ class JobRepository(Repository):
             await self.session.execute(delete(JobResult).where(JobResult.job_id.in_(job_ids)))
             await self.session.execute(delete(JobChunk).where(JobChunk.job_id.in_(job_ids)))
             await self.session.execute(delete(JobSpeakers).where(JobSpeakers.job_id.in_(job_ids)))
+            await self.session.execute(
+                delete(JobSpeakerReference).where(JobSpeakerReference.job_id.in_(job_ids))
+            )
             await self.session.execute(delete(Job).where(Job.id.in_(job_ids)))
         return job_ids
 

@@ -52,7 +52,9 @@ from services.transcription.domain import ResponseFormat, TimestampGranularity, 
 from services.transcription.formats import RenderedTranscript, render
 from services.transcription.models import ServedModels
 from services.transcription.request import TranscriptionRequest
+from services.transcription.request_speakers import KNOWN_SPEAKER_FIELDS
 from services.transcription.service import DIARIZATION_UNAVAILABLE, DiarizationUnavailableError
+from services.transcription.speaker_references import decode_references, to_pcm
 
 log = get_logger(__name__)
 
@@ -113,6 +115,8 @@ class JobsService:
             raise InvalidRequestError(
                 "Idempotency-Key must be 1 to 255 characters.", param="Idempotency-Key"
             )
+        # Known speakers' clips are decoded now: a bad one is refused before the job exists.
+        references = [(n, to_pcm(a)) for n, a in await decode_references(request)]
         info = await asyncio.to_thread(probe_audio, upload)  # refuses what decoding would
         declared = info.declared_duration_s
         if declared is not None and declared > self._settings.max_duration_s:
@@ -127,7 +131,7 @@ class JobsService:
         stored = await self._storage.save(upload)
         try:
             view, created = await self._create(
-                stored, info.declared_duration_s, request, owner, idempotency_key, quota
+                stored, info.declared_duration_s, request, owner, idempotency_key, quota, references
             )
         except BaseException:
             await self._storage.delete(stored.key)
@@ -147,6 +151,7 @@ class JobsService:
         owner: str | None,
         idempotency_key: str | None,
         quota: Quota | None = None,
+        references: Sequence[tuple[str, bytes]] = (),
     ) -> tuple[JobView, bool]:
         now = utcnow()
         model = self._model_of(request)
@@ -159,7 +164,8 @@ class JobsService:
             status=JobStatus.QUEUED,
             task=request.task.value,
             model=model,
-            options=request.model_dump(mode="json"),
+            # The known speakers live in job_speaker_references, not in the row.
+            options=request.model_dump(mode="json", exclude=set(KNOWN_SPEAKER_FIELDS)),
             audio_key=stored.key,
             audio_sha256=stored.sha256,
             audio_bytes=stored.size,
@@ -203,7 +209,7 @@ class JobsService:
                         return JobView.of(existing), False
             if quota is not None:
                 await quota(session, owner, stored.size)
-            await repo.add(job)
+            await repo.add(job, references)
             return JobView.of(job), True
 
     def _model_of(self, request: TranscriptionRequest) -> str:

@@ -33,6 +33,7 @@ from services.transcription.service import (
     DiarizationUnavailableError,
     SpeakerLabeller,
 )
+from services.transcription.speaker_references import of_pcm
 
 log = get_logger(__name__)
 
@@ -97,12 +98,20 @@ class JobDiarizer:
         self._labeller = labeller
         self._max_duration_s = max_duration_s
 
-    async def diarize(self, audio_key: str, request: TranscriptionRequest) -> list[Turn]:
+    async def diarize(
+        self,
+        audio_key: str,
+        request: TranscriptionRequest,
+        references: Sequence[tuple[str, bytes]] = (),
+    ) -> list[Turn]:
+        """Turns over the whole file; `references` are the known speakers stored at
+        submission as (name, 16 kHz 16-bit PCM), already checked then."""
         if self._labeller is None:  # enabled at submission, not on this tracker (any more)
             raise DiarizationUnavailableError(DIARIZATION_UNAVAILABLE, param="response_format")
         audio = await asyncio.to_thread(self._decode, audio_key)
+        voices = [(name, of_pcm(pcm)) for name, pcm in references]
         try:
-            turns = await self._labeller.diarize(audio, request.num_speakers, [])
+            turns = await self._labeller.diarize(audio, request.num_speakers, voices)
         except ServiceError:
             raise  # overload and restarts are interruptions; the rest say what they are
         except Exception as exc:
@@ -113,6 +122,7 @@ class JobDiarizer:
             audio_s=round(audio.size / SAMPLE_RATE, 1),
             turns=len(turns),
             speakers=len({t.speaker for t in turns}),
+            known=len(voices),
         )
         return turns
 

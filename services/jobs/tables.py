@@ -6,7 +6,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.db import Base
@@ -107,6 +117,23 @@ class JobSpeakers(Base):
     turns: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     """`start`, `end` (seconds) and `speaker` of each turn, in time order."""
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class JobSpeakerReference(Base):
+    """A known speaker of a `diarized_json` job: the name and the decoded reference clip
+    (16 kHz 16-bit PCM, at most 336 kB), kept from submission until the job's speaker
+    turns are stored (then they are never needed again), out of the job row so that
+    progress writes never carry them."""
+
+    __tablename__ = "job_speaker_references"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """The reference's index in `known_speaker_references[]`."""
+    name: Mapped[str] = mapped_column(String(64))
+    pcm: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class IdempotencyKey(Base):

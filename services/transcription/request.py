@@ -278,13 +278,6 @@ class TranscriptionRequest(BaseModel):
                     "/v1/audio/transcriptions and POST /v1/jobs only (not yet on batches).",
                     param="response_format",
                 )
-            if job and self.known_speaker_references:
-                raise InvalidRequestError(
-                    "known_speaker_names[] and known_speaker_references[] are supported on "
-                    "POST /v1/audio/transcriptions only (not yet on jobs); a job can give "
-                    "num_speakers.",
-                    param=REFERENCES_FIELD,
-                )
         update: dict[str, Any] = {"task": task}
         if task is Task.TRANSLATE:
             update["language"] = None

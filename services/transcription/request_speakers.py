@@ -28,6 +28,8 @@ MAX_TEXT_FIELD_CHARS = 64 * 1024
 NAMES_FIELD = "known_speaker_names"
 REFERENCES_FIELD = "known_speaker_references"
 MAX_NAME_CHARS = 64
+KNOWN_SPEAKER_FIELDS = frozenset({NAMES_FIELD, REFERENCES_FIELD})
+"""The request fields a job keeps apart from its row (`job_speaker_references`)."""
 
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.A)
 

@@ -8,12 +8,11 @@ is bounded before it gets here, by the HTTP edge's body limit.
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from services.core.errors import InvalidRequestError, ServiceError, UnavailableError
-from services.diarization.pipeline import MAX_REFERENCE_S, MIN_REFERENCE_S, Turn
+from services.core.errors import InvalidRequestError, UnavailableError
+from services.diarization.pipeline import Turn
 from services.diarization.render import diarized_json
 from services.transcription.audio import AudioTooLongError, decode_audio
 from services.transcription.domain import SAMPLE_RATE, Transcript, TranscriptionOptions, Waveform
@@ -21,6 +20,7 @@ from services.transcription.formats import RenderedTranscript, render
 from services.transcription.models import ServedModel, ServedModels
 from services.transcription.request import TranscriptionRequest
 from services.transcription.result_cache import ResultCache, sha256_of
+from services.transcription.speaker_references import decode_references
 from services.transcription.streaming import (
     DeltaBuilder,
     ItemDone,
@@ -165,10 +165,7 @@ class TranscriptionService:
         computed every time."""
         if self._diarizer is None:
             raise DiarizationUnavailableError(DIARIZATION_UNAVAILABLE, param="response_format")
-        references = [
-            (name, await self._reference(clip, index))
-            for index, (name, clip) in enumerate(request.speaker_references())
-        ]
+        references = await decode_references(request)
         options = request.engine_options()
         audio_sha256 = await asyncio.to_thread(sha256_of, file) if results.enabled else ""
         cached = await results.get(audio_sha256, options)
@@ -181,31 +178,6 @@ class TranscriptionService:
         transcript, turns = await asyncio.gather(transcriber.transcribe(audio, options), diarize)
         await results.put(audio_sha256, options, transcript)
         return RenderedTranscript(diarized_json(transcript, turns), "application/json")
-
-    async def _reference(self, clip: bytes, index: int) -> Waveform:
-        param = "known_speaker_references"
-        try:
-            audio = await asyncio.to_thread(
-                decode_audio, io.BytesIO(clip), max_duration_s=MAX_REFERENCE_S + 0.5
-            )
-        except AudioTooLongError as exc:
-            raise InvalidRequestError(
-                f"{param}[{index}] is longer than {MAX_REFERENCE_S:g} s; send 2 to 10 s of "
-                "the speaker's voice.",
-                param=param,
-            ) from exc
-        except ServiceError as exc:
-            raise InvalidRequestError(
-                f"{param}[{index}] could not be decoded as audio: {exc.message}", param=param
-            ) from exc
-        seconds = len(audio) / SAMPLE_RATE
-        if not MIN_REFERENCE_S - 0.5 <= seconds <= MAX_REFERENCE_S + 0.5:
-            raise InvalidRequestError(
-                f"{param}[{index}] lasts {seconds:.1f} s; send {MIN_REFERENCE_S:g} to "
-                f"{MAX_REFERENCE_S:g} s of the speaker's voice.",
-                param=param,
-            )
-        return audio
 
     async def stream(
         self,

@@ -20,6 +20,7 @@ TABLES = {
     "job_results",
     "job_chunks",
     "job_speakers",
+    "job_speaker_references",
     "idempotency_keys",
     "tracker_incarnations",
 }

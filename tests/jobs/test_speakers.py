@@ -10,9 +10,11 @@ diarizes again and answers the same labels as an uninterrupted run.
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import wave
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,16 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from services.diarization.pipeline import Diarizer, Turn
+from services.core.clock import utcnow
+from services.diarization.pipeline import Diarizer, Reference, Turn
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
-from tests.diarization.conversations import SAMPLE_RATE, conversation
+from tests.diarization.conversations import SAMPLE_RATE, conversation, reference_audio
 from tests.jobs.conftest import CountingTranscriber, JobsEnv
 
 CONVERSATION, TRUTH = conversation(2, rounds=6, gap_s=0.4, seed=3)  # 58 s: two chunks
 CHUNK_S = 30.0
+ONE_MINUTE = timedelta(minutes=1)
+SHORT, SHORT_TRUTH = conversation(2, rounds=2, gap_s=0.4, seed=3)  # one chunk
 
 
 class CountingLabeller:
@@ -36,6 +41,8 @@ class CountingLabeller:
         self._diarizer = diarizer
         self._fail = fail
         self.calls = 0
+        self.references: list[list[str]] = []
+        """The names of the references each call got."""
 
     async def diarize(
         self, audio: Waveform, num_speakers: int | None, references: list[tuple[str, Waveform]]
@@ -43,7 +50,9 @@ class CountingLabeller:
         self.calls += 1
         if self._fail:
             raise RuntimeError("the encoder ran out of memory")
-        return await asyncio.to_thread(self._diarizer.diarize, audio, num_speakers)
+        self.references.append([name for name, _ in references])
+        known = [Reference(name, clip) for name, clip in references]
+        return await asyncio.to_thread(self._diarizer.diarize, audio, num_speakers, known)
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +60,37 @@ def diarizer() -> Diarizer:
     return Diarizer()
 
 
-@pytest.fixture(scope="module")
-def talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("speakers") / "talk.wav"
+def _wav(audio: np.ndarray) -> bytes:
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(CONVERSATION, -1, 1) * 32767).astype("<i2").tobytes())
-    path.write_bytes(out.getvalue())
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def _data_url(audio: np.ndarray) -> str:
+    return f"data:audio/wav;base64,{base64.b64encode(_wav(audio)).decode()}"
+
+
+KNOWN = {
+    "known_speaker_names[]": ["Alice", "Bob"],
+    "known_speaker_references[]": [_data_url(reference_audio(v)) for v in ("awb", "rms")],
+}
+
+
+@pytest.fixture(scope="module")
+def talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("speakers") / "talk.wav"
+    path.write_bytes(_wav(CONVERSATION))
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("speakers") / "short.wav"
+    path.write_bytes(_wav(SHORT))
     return path
 
 
@@ -212,14 +242,6 @@ async def test_diarized_job_bad_fields(env_factory: Any, talk: Path) -> None:
         ({"task": "translate"}, "response_format", "translations do not support it"),
         ({"num_speakers": "0"}, "num_speakers", "between 1 and 8"),
         ({"num_speakers": "9"}, "num_speakers", "between 1 and 8"),
-        (
-            {
-                "known_speaker_names[]": ["Alice"],
-                "known_speaker_references[]": ["data:audio/wav;base64,UklGRg=="],
-            },
-            "known_speaker_references",
-            "not yet on jobs",
-        ),
     ]
     for fields, param, said in cases:
         response = await env.submit(talk, response_format="diarized_json", **fields)
@@ -235,3 +257,88 @@ async def test_diarized_job_bad_fields(env_factory: Any, talk: Path) -> None:
     )
     assert later.status_code == 400, later.text
     assert "not submitted with response_format=diarized_json" in later.json()["error"]["message"]
+
+
+async def _references_stored(env: JobsEnv, job_id: str) -> list[str]:
+    rows = await env.sql(
+        "SELECT name FROM job_speaker_references WHERE job_id = :id ORDER BY position",
+        id=job_id,
+    )
+    return [row[0] for row in rows]
+
+
+async def test_known_speakers_name_a_jobs_turns(
+    env_factory: Any, diarizer: Diarizer, short_talk: Path
+) -> None:
+    """References decoded at submission, stored beside the job (never in its row), passed
+    to the labeller, named in the result, and dropped once the turns are stored."""
+    labeller = CountingLabeller(diarizer)
+    env: JobsEnv = await env_factory(diarization=True, speakers=labeller, start=False)
+    submitted = await env.submit(
+        short_talk, response_format="diarized_json", num_speakers="2", **KNOWN
+    )
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    assert await _references_stored(env, job_id) == ["Alice", "Bob"]
+    options = (await env.sql("SELECT options FROM jobs WHERE id = :id", id=job_id))[0][0]
+    assert "data:audio" not in str(options)
+    assert "Alice" not in str(options)
+    await env.start_runner()
+    done = await env.wait(job_id)
+    assert done["status"] == "succeeded", done
+    assert labeller.references == [["Alice", "Bob"]]
+    result = await _result(env, job_id)
+    names = {"awb": "Alice", "rms": "Bob"}
+    assert _runs(result["segments"]) == [names[turn.speaker] for turn in SHORT_TRUTH]
+    assert await _references_stored(env, job_id) == []  # the turns are named for good
+
+
+async def test_a_deleted_or_expired_job_loses_its_references(
+    env_factory: Any, short_talk: Path
+) -> None:
+    env: JobsEnv = await env_factory(diarization=True, start=False)
+    fields = {"response_format": "diarized_json", **KNOWN}
+    deleted = (await env.submit(short_talk, **fields)).json()["id"]
+    expired = (await env.submit(short_talk, **fields)).json()["id"]
+    for job_id in (deleted, expired):
+        assert await _references_stored(env, job_id) == ["Alice", "Bob"]
+        cancelled = await env.client.delete(f"/v1/jobs/{job_id}")
+        assert cancelled.json()["status"] == "cancelled", cancelled.text
+    assert await _references_stored(env, deleted) == ["Alice", "Bob"]  # cancelled, kept
+    assert (await env.client.delete(f"/v1/jobs/{deleted}")).status_code == 200
+    assert await _references_stored(env, deleted) == []
+    await _execute(
+        env, "UPDATE jobs SET expires_at = :t WHERE id = :id", t=utcnow() - ONE_MINUTE, id=expired
+    )
+    assert await _references_stored(env, expired) == ["Alice", "Bob"]
+    assert await env.app_runtime.jobs.purge_expired() == 1
+    assert await _references_stored(env, expired) == []
+
+
+@pytest.mark.parametrize(
+    ("reference", "said"),
+    [
+        ("https://example.com/alice.wav", "data URL of audio"),
+        ("data:audio/wav;base64,!!!not-base64!!!", "not valid base64"),
+        ("data:audio/wav;base64,UklGRiBub25zZW5zZQ==", "could not be decoded"),
+        (_data_url(np.zeros(SAMPLE_RATE // 2, dtype=np.float32)), "lasts 0.5 s"),
+        (_data_url(np.zeros(12 * SAMPLE_RATE, dtype=np.float32)), "longer than 10 s"),
+    ],
+)
+async def test_bad_references_refuse_the_job(
+    env_factory: Any, short_talk: Path, reference: str, said: str
+) -> None:
+    env: JobsEnv = await env_factory(diarization=True, start=False)
+    good = KNOWN["known_speaker_references[]"][0]
+    response = await env.submit(
+        short_talk,
+        response_format="diarized_json",
+        **{**KNOWN, "known_speaker_references[]": [good, reference]},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "known_speaker_references", error
+    assert said in error["message"], error
+    assert "known_speaker_references[1]" in error["message"], error
+    assert (await env.sql("SELECT count(*) FROM jobs"))[0][0] == 0
+    assert (await env.sql("SELECT count(*) FROM job_speaker_references"))[0][0] == 0
