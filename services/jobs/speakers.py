@@ -4,8 +4,10 @@ The issue asks that a job's speaker labels be the same across its chunks and acr
 resumed job, so diarization is never run per chunk: the speaker labeller (the
 `SpeakerDiarizer` deployment) gets the whole decoded file once, alongside the chunks'
 transcription, and its turns are stored with the job (`job_speakers`) under the job's lease.
-A retry finds them stored and never diarizes again. Which speakers to look for
-(`num_speakers`) was decided at submission and is read from the job's stored request.
+A retry finds them stored and never diarizes again. Which speakers to look for was decided
+at submission: `num_speakers` is read from the job's stored request, and the known
+speakers' references (decoded and checked then) from `job_speaker_references`, which are
+dropped once the turns are stored.
 
 A labeller that is overloaded or restarting is an interruption, as for the model (the job
 waits and keeps its attempts and stored chunks); any other failure of it is

@@ -4,7 +4,7 @@ OpenAI's `known_speaker_names[]` and `known_speaker_references[]` (audio clips a
 paired by position) and our `num_speakers`. The multipart parser lets a text field hold up
 to `MAX_REFERENCE_FIELD_BYTES` on the transcription route so that references fit; every
 other text field is held to `MAX_TEXT_FIELD_CHARS` here, as the parser's own default would.
-How long each reference lasts is known only once it is decoded (the service checks it).
+How long each reference lasts is known only once it is decoded (`speaker_references.py`).
 """
 
 from __future__ import annotations

@@ -127,10 +127,10 @@ def test_translation_and_batches_refuse_diarized_json() -> None:
         _request().for_route(Task.TRANSCRIBE)
     assert _request().for_route(Task.TRANSCRIBE, live=True).diarized
     assert _request(num_speakers=2).for_route(Task.TRANSCRIBE, job=True).diarized
-    with pytest.raises(InvalidRequestError, match="not yet on jobs"):
-        _request(
-            known_speaker_names=["A"], known_speaker_references=["data:audio/wav;base64,UklGRg=="]
-        ).for_route(Task.TRANSCRIBE, job=True)
+    known = _request(
+        known_speaker_names=["A"], known_speaker_references=["data:audio/wav;base64,UklGRg=="]
+    )
+    assert known.for_route(Task.TRANSCRIBE, job=True).known_speaker_names == ["A"]
 
 
 def test_stream_refuses_diarized_json() -> None:

@@ -127,9 +127,16 @@ def test_translation_refuses_diarized_json(http: httpx.Client) -> None:
     assert "translation" in error["message"]
 
 
-def test_diarized_job_labels_each_turn(http: httpx.Client) -> None:
-    """Through the tracker and its handle on the SpeakerDiarizer: the same labels as sync."""
-    submitted = _post(http, "/v1/jobs", num_speakers="2")
+def test_diarized_job_names_each_turn(http: httpx.Client) -> None:
+    """Through the tracker and its handle on the SpeakerDiarizer, with known speakers
+    (stored at submission, sent by the tracker): the turns are named as sync names them."""
+    references = [_data_url(_wav(reference_audio(voice))) for voice in VOICES]
+    submitted = _post(
+        http,
+        "/v1/jobs",
+        num_speakers="2",
+        **{"known_speaker_names[]": ["Alice", "Bob"], "known_speaker_references[]": references},
+    )
     assert submitted.status_code == 202, submitted.text
     job_id = submitted.json()["id"]
     deadline = time.monotonic() + 120
@@ -146,13 +153,11 @@ def test_diarized_job_labels_each_turn(http: httpx.Client) -> None:
     assert result.status_code == 200, result.text
     body = result.json()
     assert body["task"] == "transcribe"
-    first = TRUTH[0].speaker
-    other = next(t.speaker for t in TRUTH if t.speaker != first)
     runs: list[str] = []
     for segment in body["segments"]:
         if not runs or runs[-1] != segment["speaker"]:
             runs.append(segment["speaker"])
-    assert runs == _truth_runs({first: "A", other: "B"})
+    assert runs == _truth_runs({"awb": "Alice", "rms": "Bob"})
     plain = http.get(f"/v1/jobs/{job_id}/result", params={"response_format": "srt"})
     assert plain.status_code == 200, plain.text
     assert "-->" in plain.text
@@ -215,6 +220,14 @@ def test_bad_reference(http: httpx.Client, reference: str, said: str) -> None:
     )
     assert error["param"] == "known_speaker_references"
     assert said in error["message"]
+
+
+def test_jobs_refuse_a_bad_reference(http: httpx.Client) -> None:
+    short = _data_url(_wav(np.zeros(SAMPLE_RATE // 2, dtype=np.float32)))
+    fields = {"known_speaker_names[]": ["Alice"], "known_speaker_references[]": [short]}
+    error = _error(_post(http, "/v1/jobs", **fields))
+    assert error["param"] == "known_speaker_references"
+    assert "known_speaker_references[0] lasts 0.5 s" in error["message"]
 
 
 def test_oversize_reference(http: httpx.Client) -> None:
