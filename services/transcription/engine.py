@@ -77,7 +77,6 @@ log = get_logger(__name__)
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
-
 def find_items(audio: Waveform, options: TranscriptionOptions) -> list[WorkItem]:
     """Step 1's model-free half: VAD finds the speech, cut into items of at most one window.
 
@@ -240,6 +239,7 @@ class WhisperEngine:
         short: set[int],
         *,
         pack: bool,
+        last: bool = False,
     ) -> None:
         """Decode again what the model stopped short of, and append it to what it heard.
 
@@ -258,21 +258,12 @@ class WhisperEngine:
         items = [tails[i].item for i in order]
         again: list[ItemResult] = [[] for _ in items]
         again_short: set[int] = set()
-        windows = plan_windows([item.samples for item in items], pack=pack)
+        windows = plan_windows([item.samples for item in items], pack=pack and not last)
         self.last_run.retried += len(items)
         self.last_run.retry_windows += len(windows)
         self._decode_all(items, windows, decode, again, again_short)
-        rest = tails_of(items, again, again_short)
-        if rest:
-            last = sorted(rest)
-            rest_items = [rest[k].item for k in last]
-            rest_out: list[ItemResult] = [[] for _ in last]
-            self.last_run.retried += len(last)
-            self.last_run.retry_windows += len(last)
-            windows = plan_windows([item.samples for item in rest_items], pack=False)
-            self._decode_all(rest_items, windows, decode, rest_out, set())
-            for k, result in zip(last, rest_out, strict=True):
-                again[k] = rest[k].merged(again[k], result)
+        if not last:
+            self._decode_tails(items, decode, again, again_short, pack=False, last=True)
         for i, result in zip(order, again, strict=True):
             out[i] = tails[i].merged(out[i], result)
 
