@@ -12,13 +12,15 @@ Two workloads, each through `WhisperEngine` as the service runs it:
 For each: 30 s windows decoded (as packed, and again: cut short, missed tails, fallbacks),
 CPU seconds of this process (`time.process_time`: all the model's threads), and WER; and
 the library's `BatchedInferencePipeline` on the same audio, measured in the same run, as
-the baseline. With `--before REF`, the engine of git revision REF (engine.py only; the
+the baseline. Sides run interleaved `--rounds` times and the least CPU of each is kept (the
+machine is shared). With `--before REF`, the engine of git revision REF (engine.py only; the
 helpers are this tree's) is measured too, in the same run, for a before/after comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -201,10 +203,21 @@ def pipeline_text(pipe: Any, settings: Settings, audio: Waveform, *, words: bool
     return "".join(s.text for s in segments)
 
 
+def _keep(
+    out: dict[str, Any], name: str, seconds: float, wer: float, counts: dict[str, int]
+) -> None:
+    """Record one round of `name`: the least CPU seconds so far, every round's too."""
+    side = out.setdefault(name, {"cpu_s": seconds, "cpu_s_per_round": []})
+    side["cpu_s"] = min(side["cpu_s"], seconds)
+    side["cpu_s_per_round"].append(seconds)
+    side.update(wer=wer, **counts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bulk-minutes", type=float, default=10.0)
     parser.add_argument("--before", default=None, help="a git revision to compare with")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--skip", choices=["long", "bulk"], default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -224,40 +237,42 @@ def main() -> None:
     if args.before:
         engines = {"before": Counted(engine_class(args.before), settings), **engines}
     pipe = pipeline(settings)
+    load: list[float] = []  # the machine is shared: the 1-minute load average, per round
     result: dict[str, Any] = {
         "model": settings.whisper.model,
         "cpu_threads": settings.whisper.cpu_threads,
-        "load_average_1m_at_start": os.getloadavg()[0],
+        "rounds": args.rounds,
         "long_job": {"audio_s": DURATION_S, "chunks": len(chunks)},
         "bulk": {"files": len(files), "audio_s": sum(f.shape[0] for f in files) / SAMPLE_RATE},
     }
-    if args.skip != "long":
-        seconds, text = cpu(lambda: pipeline_text(pipe, settings, long_audio, words=True))
-        result["long_job"]["pipeline"] = {
-            "cpu_s": seconds,
-            "wer": word_error_rate(recording.text, text),
-        }
-        for name, counted in engines.items():
-            counted.reset()
-            seconds, text = cpu(lambda c=counted: long_job(c.engine, chunks))
-            result["long_job"][name] = {
-                "cpu_s": seconds,
-                "wer": word_error_rate(recording.text, text),
-                **counted.counts(),
-            }
-            print(name, "long job", result["long_job"][name], flush=True)
-    if args.skip != "bulk":
-        seconds, text = cpu(lambda: pipeline_text(pipe, settings, bulk_joined, words=False))
-        result["bulk"]["pipeline"] = {"cpu_s": seconds, "wer": word_error_rate(bulk_ref, text)}
-        for name, counted in engines.items():
-            counted.reset()
-            seconds, got = cpu(lambda c=counted: bulk(c.engine, files))
-            result["bulk"][name] = {
-                "cpu_s": seconds,
-                "wer": word_error_rate(bulk_ref, " ".join(got)),
-                **counted.counts(),
-            }
-            print(name, "bulk", result["bulk"][name], flush=True)
+    workloads: dict[str, tuple[str, Callable[[], str], Callable[[WhisperEngine], str]]] = {
+        "long_job": (
+            recording.text,
+            lambda: pipeline_text(pipe, settings, long_audio, words=True),
+            lambda engine: long_job(engine, chunks),
+        ),
+        "bulk": (
+            bulk_ref,
+            lambda: pipeline_text(pipe, settings, bulk_joined, words=False),
+            lambda engine: " ".join(bulk(engine, files)),
+        ),
+    }
+    for workload, (reference, baseline, through) in workloads.items():
+        if args.skip == workload.split("_")[0]:
+            continue
+        out = result[workload]
+        for round_ in range(args.rounds):  # interleaved; the least CPU of each side is kept
+            load.append(os.getloadavg()[0])
+            seconds, text = cpu(baseline)
+            _keep(out, "pipeline", seconds, word_error_rate(reference, text), {})
+            for name, counted in engines.items():
+                counted.reset()
+                seconds, text = cpu(functools.partial(through, counted.engine))
+                _keep(out, name, seconds, word_error_rate(reference, text), counted.counts())
+                print(workload, round_ + 1, name, out[name], flush=True)
+        for name in engines:
+            out[f"pipeline_cpu_over_{name}_cpu"] = out["pipeline"]["cpu_s"] / out[name]["cpu_s"]
+    result["load_average_1m_at_round_starts"] = load
     result["load_average_1m_at_end"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine_retries.json").write_text(json.dumps(result, indent=2) + "\n")
