@@ -50,15 +50,14 @@ from services.transcription.packing import (
     split_into_items,
     window_audio,
     window_fill,
-    windows_for,
 )
 from services.transcription.splitting import (
     cut_short,
     repetitive,
     spans_callers,
     split_window,
+    tails_of,
     text_ratio,
-    unheard_tail,
 )
 from services.transcription.whisper_adapter import (
     WindowDecoder,
@@ -212,25 +211,61 @@ class WhisperEngine:
             stats.windows += len(windows)
             stats.speech_s += window_fill([i.samples for i in group], windows) * len(windows)
             group_results: list[ItemResult] = [[] for _ in group]
-            cut_short_items: list[int] = []
-            for start in range(0, len(windows), self.decode_batch_size):
-                chunk = windows[start : start + self.decode_batch_size]
-                self._decode_isolating_failures(
-                    group, chunk, decode, group_results, later=cut_short_items
-                )
-            if cut_short_items:
-                # Decoded again together, not one window each: they are mostly a few
-                # seconds long (the last utterance of a full window). One cut short again
-                # is then decoded alone.
-                self.last_run.retried += len(cut_short_items)
-                again = windows_for(group, sorted(set(cut_short_items)), pack=pack)
-                for start in range(0, len(again), self.decode_batch_size):
-                    chunk = again[start : start + self.decode_batch_size]
-                    self._decode_isolating_failures(group, chunk, decode, group_results)
+            short: set[int] = set()
+            self._decode_all(group, windows, decode, group_results, short)
+            self._decode_tails(group, decode, group_results, short, pack=pack)
             for index, result in zip(indices, group_results, strict=True):
                 results[index] = result
         add_logprobs(self._decoder, items, results, batch_size=self.decode_batch_size)
         return results
+
+    def _decode_all(
+        self,
+        group: Sequence[WorkItem],
+        windows: list[Window],
+        decode: DecodeOptions,
+        out: list[ItemResult],
+        short: set[int],
+    ) -> None:
+        for start in range(0, len(windows), self.decode_batch_size):
+            chunk = windows[start : start + self.decode_batch_size]
+            self._decode_isolating_failures(group, chunk, decode, out, short)
+
+    def _decode_tails(
+        self,
+        group: Sequence[WorkItem],
+        decode: DecodeOptions,
+        out: list[ItemResult],
+        short: set[int],
+        *,
+        pack: bool,
+        last: bool = False,
+    ) -> None:
+        """Decode again what the model stopped short of, and append it to what it heard.
+
+        Whisper sometimes ends a window's output before its last utterance (measured on long
+        recordings: whole sentences lost at the end of 18-29 s items); alone, the next window
+        would pick it up, but an item has no next window. So each item's unheard pieces
+        (`splitting.tail_of`: the item's `short` ones, cut short in a shared window, and any
+        whose last pieces went unheard) become items of their own, all decoded together in
+        one pass packed like any batch (they are mostly a few seconds long). A tail the model
+        stops short of again has its own unheard part decoded once more, alone; no further.
+        """
+        tails = tails_of(group, out, short)
+        if not tails:
+            return
+        order = sorted(tails)
+        items = [tails[i].item for i in order]
+        again: list[ItemResult] = [[] for _ in items]
+        again_short: set[int] = set()
+        windows = plan_windows([item.samples for item in items], pack=pack and not last)
+        self.last_run.retried += len(items)
+        self.last_run.retry_windows += len(windows)
+        self._decode_all(items, windows, decode, again, again_short)
+        if not last:
+            self._decode_tails(items, decode, again, again_short, pack=False, last=True)
+        for i, result in zip(order, again, strict=True):
+            out[i] = tails[i].merged(out[i], result)
 
     def _decode_isolating_failures(
         self,
@@ -238,27 +273,24 @@ class WhisperEngine:
         windows: list[Window],
         decode: DecodeOptions,
         out: list[ItemResult],
-        *,
-        later: list[int] | None = None,
+        short: set[int],
     ) -> None:
         """Decode `windows`; if that fails, retry smaller so one bad item fails alone.
 
-        Items of a shared window the model stopped short of go to `later` when given (the
-        caller decodes them again, packed), else they are decoded again alone at once.
+        Items of a shared window the model stopped short of go to `short` (`_decode_tails`
+        decodes their unheard part again); one that loops is decoded again alone at once.
         """
         try:
             per_window = self._decode_windows(group, windows, decode)
             retry: list[Window] = []
             for window, segments in zip(windows, per_window, strict=True):
                 split = split_window(window, group, segments, tokenize=self._tokenize)
-                short = cut_short(window, group, segments)
-                redo = set() if later is not None else set(short)
+                redo: set[int] = set()
                 for item_index, item_segments in split.items():
                     out[item_index] = item_segments
                     if len(window.placements) > 1 and repetitive(item_segments):
                         redo.add(item_index)  # a loop: decoded alone, it may fall back
-                if later is not None:
-                    later.extend(i for i in short if i not in redo)
+                short.update(i for i in cut_short(window, group, segments) if i not in redo)
                 for item_index in sorted(redo):
                     alone = Window()
                     alone.add(item_index, group[item_index].samples)
@@ -266,49 +298,22 @@ class WhisperEngine:
         except Exception as exc:
             if len(windows) > 1:
                 for window in windows:
-                    self._decode_isolating_failures(group, [window], decode, out, later=later)
+                    self._decode_isolating_failures(group, [window], decode, out, short)
                 return
             (window,) = windows
             if len(window.placements) > 1:
                 for placement in window.placements:
                     alone = Window()
                     alone.add(placement.item, group[placement.item].samples)
-                    self._decode_isolating_failures(group, [alone], decode, out, later=later)
+                    self._decode_isolating_failures(group, [alone], decode, out, short)
                 return
             log.warning("work_item_failed", error=repr(exc), exc_info=exc)
             out[window.placements[0].item] = exc
             return
         if retry:
             self.last_run.retried += len(retry)
-            self._decode_isolating_failures(group, retry, decode, out)
-        for window in windows:
-            if len(window.placements) == 1:
-                self._recover_tail(group[window.placements[0].item], window, decode, out)
-
-    def _recover_tail(
-        self, item: WorkItem, window: Window, decode: DecodeOptions, out: list[ItemResult]
-    ) -> None:
-        """Decode again, alone, the last pieces of an item the model stopped short of.
-
-        Whisper sometimes ends a window's output before its last utterance (measured on long
-        recordings: whole sentences lost at the end of 18-29 s items). Nothing else would
-        ever transcribe them, so the unheard tail becomes an item of its own.
-        """
-        index = window.placements[0].item
-        result = out[index]
-        if isinstance(result, Exception):
-            return
-        tail = unheard_tail(item, result)
-        if tail is None:
-            return
-        self.last_run.retried += 1
-        alone = Window()
-        alone.add(0, tail.samples)
-        tail_out: list[ItemResult] = [[]]
-        self._decode_isolating_failures([tail], [alone], decode, tail_out)
-        recovered = tail_out[0]
-        if not isinstance(recovered, Exception):
-            out[index] = [*result, *recovered]
+            self.last_run.retry_windows += len(retry)
+            self._decode_isolating_failures(group, retry, decode, out, short)
 
     def _decode_windows(
         self, group: Sequence[WorkItem], windows: list[Window], decode: DecodeOptions

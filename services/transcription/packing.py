@@ -302,6 +302,10 @@ class RunStats:
     windows: int = 0
     speech_s: float = 0.0
     retried: int = 0
+    """Items decoded again: tails the model stopped short of, and items of a shared window
+    that looped (decoded again alone)."""
+    retry_windows: int = 0
+    """The windows those took, on top of `windows`."""
     fallbacks: int = 0
 
     @property

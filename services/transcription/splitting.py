@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from services.transcription.domain import SAMPLE_RATE, Segment, Word
-from services.transcription.packing import Placement, Window, WorkItem
+from services.transcription.packing import ItemResult, Placement, Window, WorkItem
 
 COMPRESSION_RATIO_THRESHOLD = 2.4
 """Whisper's sign of a repetition loop: the window's text compresses more than this."""
@@ -71,6 +71,25 @@ def cut_short(window: Window, items: Sequence[WorkItem], segments: Sequence[Segm
     return short
 
 
+def _last_heard(segments: Sequence[Segment]) -> float | None:
+    """Where the output ends (request seconds): the last word's end, or without word
+    timestamps the last segment's end (a segment's midpoint would call the second half of a
+    one-segment item unheard and transcribe it twice); None when nothing was heard."""
+    heard = [w.end for segment in segments for w in segment.words] or [
+        segment.end for segment in segments
+    ]
+    return max(heard) if heard else None
+
+
+def _pieces_from(item: WorkItem, first: int) -> WorkItem:
+    """The item's pieces from `first` on, as an item of their own (same request timeline)."""
+    if first == 0:
+        return item
+    offset = item.pieces[first].item_offset
+    moved = [replace(p, item_offset=p.item_offset - offset) for p in item.pieces[first:]]
+    return replace(item, speech=item.speech[offset:].copy(), pieces=moved)
+
+
 def unheard_tail(item: WorkItem, segments: Sequence[Segment]) -> WorkItem | None:
     """The item's trailing pieces that none of its `segments` (request timeline) touch, as an
     item of their own; None when nothing worth redoing is missing.
@@ -78,24 +97,76 @@ def unheard_tail(item: WorkItem, segments: Sequence[Segment]) -> WorkItem | None
     Only whole pieces count (a piece is a VAD clip): an item with nothing heard at all is
     silence or noise, not a cut-short output, and is left alone.
     """
-    # Where the output ends: the last word's end, or without word timestamps the last
-    # segment's end (a segment's midpoint would call the second half of a one-segment item
-    # unheard and transcribe it twice).
-    heard = [w.end for segment in segments for w in segment.words] or [
-        segment.end for segment in segments
-    ]
-    if not heard:
+    heard_s = _last_heard(segments)
+    if heard_s is None:
         return None
-    last_heard = max(heard) * SAMPLE_RATE
+    last_heard = heard_s * SAMPLE_RATE
     first_unheard = next(
         (k for k, p in enumerate(item.pieces) if p.source_start > last_heard), len(item.pieces)
     )
     tail = item.pieces[first_unheard:]
     if not tail or sum(p.length for p in tail) < MISSING_TAIL_S * SAMPLE_RATE:
         return None
-    offset = tail[0].item_offset
-    moved = [replace(p, item_offset=p.item_offset - offset) for p in tail]
-    return replace(item, speech=item.speech[offset:].copy(), pieces=moved)
+    return _pieces_from(item, first_unheard)
+
+
+@dataclass
+class Tail:
+    """What of an item is decoded again: `item`, its last pieces (or all of it), and `kept`,
+    the segments of the first decoding that end before those pieces start."""
+
+    item: WorkItem
+    kept: list[Segment]
+
+    def merged(self, first: ItemResult, again: ItemResult) -> ItemResult:
+        """The item's result: the kept segments, then the tail's; the first result when the
+        tail failed or heard nothing (never fewer words for having tried again)."""
+        if isinstance(again, Exception) or not any(s.text.strip() for s in again):
+            return first
+        return [*self.kept, *again]
+
+
+def tail_of(item: WorkItem, segments: Sequence[Segment], *, cut_short: bool) -> Tail | None:
+    """What of `item` to decode again, given what its first decoding heard; None: nothing.
+
+    The pieces after the last heard word when they are long enough (`unheard_tail`), the
+    segments heard kept. For an item of a shared window that the model stopped short of
+    (`cut_short`) but whose unheard part starts inside a piece, decoding resumes at the start
+    of that piece (or earlier, so that no kept segment reaches into what is decoded again),
+    and only the whole segments before it are kept: the whole item when nothing was heard
+    or the model stopped inside the item's first piece.
+    """
+    tail = unheard_tail(item, segments)
+    if tail is not None:
+        return Tail(tail, list(segments))
+    if not cut_short:
+        return None
+    heard_s = _last_heard(segments)
+    first = 0
+    if heard_s is not None:
+        starts = [p.source_start / SAMPLE_RATE for p in item.pieces]
+        first = max((k for k, start in enumerate(starts) if start <= heard_s), default=0)
+        while first > 0 and any(s.start < starts[first] < s.end for s in segments):
+            first -= 1
+        kept = [s for s in segments if s.end <= starts[first]] if first else []
+    else:
+        kept = []
+    return Tail(_pieces_from(item, first), kept)
+
+
+def tails_of(
+    items: Sequence[WorkItem], results: Sequence[ItemResult], short: set[int]
+) -> dict[int, Tail]:
+    """What of each item to decode again (`tail_of`; `short`: the indices of items cut short
+    in a shared window), by index; failed items aside."""
+    tails: dict[int, Tail] = {}
+    for index, result in enumerate(results):
+        if isinstance(result, Exception):
+            continue
+        tail = tail_of(items[index], result, cut_short=index in short)
+        if tail is not None:
+            tails[index] = tail
+    return tails
 
 
 def split_window(
