@@ -149,21 +149,14 @@ class JobExecutor:
         async with transaction(self._sessions) as session:
             references = await LeaseRepository(session).speaker_references(job.id)
         turns = await self._diarizer.diarize(job.audio_key, request, references)
-        async with steps.lock:
+
+        def done(steps: Steps) -> None:
             steps.speakers_done = True
-            async with transaction(self._sessions) as session:
-                repo = LeaseRepository(session)
-                if not await repo.progress(
-                    job_id=job.id,
-                    epoch=epoch,
-                    done=steps.done,
-                    total=steps.total,
-                    duration_s=steps.seconds,
-                ):
-                    raise LeaseLostError
-                await repo.save_speaker_turns(job.id, turns_to_rows(turns), utcnow())
-                view = await _view(repo, job.id)
-        await self._events.announce([view])
+
+        async def store(repo: LeaseRepository) -> None:
+            await repo.save_speaker_turns(job.id, turns_to_rows(turns), utcnow())
+
+        await self._record_step(job, epoch, steps, done, store)
 
     async def _transcribe(self, job: Job, epoch: int, steps: Steps) -> Transcript:
         options = job_transcription_options(job)
@@ -248,8 +241,29 @@ class JobExecutor:
         seconds: float | None,
     ) -> None:
         """Progress after chunk `index` (-1: none yet), and the chunk itself when it is new."""
-        async with steps.lock:
+
+        def done(steps: Steps) -> None:
             steps.chunks_done, steps.chunks_total, steps.seconds = index + 1, total, seconds
+
+        async def store(repo: LeaseRepository) -> None:
+            if part is not None and not known:
+                await repo.save_chunk(job.id, index, transcript_to_dict(part))
+
+        await self._record_step(job, epoch, steps, done, store)
+
+    async def _record_step(
+        self,
+        job: Job,
+        epoch: int,
+        steps: Steps,
+        done: Callable[[Steps], None],
+        store: Callable[[LeaseRepository], Awaitable[None]],
+    ) -> None:
+        """One step of a job (a chunk, or its speakers) done: progress and what the step
+        stored in one transaction under the lease, then the new state announced. Steps of
+        one job run side by side, so each updates `steps` under its lock."""
+        async with steps.lock:
+            done(steps)
             async with transaction(self._sessions) as session:
                 repo = LeaseRepository(session)
                 if not await repo.progress(
@@ -260,8 +274,7 @@ class JobExecutor:
                     duration_s=steps.seconds,
                 ):
                     raise LeaseLostError
-                if part is not None and not known:
-                    await repo.save_chunk(job.id, index, transcript_to_dict(part))
+                await store(repo)
                 view = await _view(repo, job.id)
         await self._events.announce([view])
 

@@ -7,7 +7,10 @@ timeline that produced it.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import wave
 from functools import lru_cache
 from pathlib import Path
 
@@ -64,3 +67,19 @@ def conversation(
         cursor += audio.size / SAMPLE_RATE
     pieces.append(np.zeros(int(0.5 * SAMPLE_RATE), dtype=np.float32))
     return np.concatenate(pieces).astype(np.float32), turns
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    """16 kHz mono 16-bit WAV of a float waveform."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return out.getvalue()
+
+
+def data_url(audio: bytes, mime: str = "audio/wav") -> str:
+    """Audio bytes as the data URL a `known_speaker_references[]` field carries."""
+    return f"data:{mime};base64,{base64.b64encode(audio).decode()}"

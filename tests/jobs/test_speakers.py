@@ -10,9 +10,6 @@ diarizes again and answers the same labels as an uninterrupted run.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
-import wave
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +22,13 @@ from sqlalchemy import text
 from services.core.clock import utcnow
 from services.diarization.pipeline import Diarizer, Reference, Turn
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
-from tests.diarization.conversations import SAMPLE_RATE, conversation, reference_audio
+from tests.diarization.conversations import (
+    SAMPLE_RATE,
+    conversation,
+    data_url,
+    reference_audio,
+    wav_bytes,
+)
 from tests.jobs.conftest import CountingTranscriber, JobsEnv
 
 CONVERSATION, TRUTH = conversation(2, rounds=6, gap_s=0.4, seed=3)  # 58 s: two chunks
@@ -60,37 +63,23 @@ def diarizer() -> Diarizer:
     return Diarizer()
 
 
-def _wav(audio: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return out.getvalue()
-
-
-def _data_url(audio: np.ndarray) -> str:
-    return f"data:audio/wav;base64,{base64.b64encode(_wav(audio)).decode()}"
-
-
 KNOWN = {
     "known_speaker_names[]": ["Alice", "Bob"],
-    "known_speaker_references[]": [_data_url(reference_audio(v)) for v in ("awb", "rms")],
+    "known_speaker_references[]": [data_url(wav_bytes(reference_audio(v))) for v in ("awb", "rms")],
 }
 
 
 @pytest.fixture(scope="module")
 def talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("speakers") / "talk.wav"
-    path.write_bytes(_wav(CONVERSATION))
+    path.write_bytes(wav_bytes(CONVERSATION))
     return path
 
 
 @pytest.fixture(scope="module")
 def short_talk(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("speakers") / "short.wav"
-    path.write_bytes(_wav(SHORT))
+    path.write_bytes(wav_bytes(SHORT))
     return path
 
 
@@ -321,8 +310,8 @@ async def test_a_deleted_or_expired_job_loses_its_references(
         ("https://example.com/alice.wav", "data URL of audio"),
         ("data:audio/wav;base64,!!!not-base64!!!", "not valid base64"),
         ("data:audio/wav;base64,UklGRiBub25zZW5zZQ==", "could not be decoded"),
-        (_data_url(np.zeros(SAMPLE_RATE // 2, dtype=np.float32)), "lasts 0.5 s"),
-        (_data_url(np.zeros(12 * SAMPLE_RATE, dtype=np.float32)), "longer than 10 s"),
+        (data_url(wav_bytes(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))), "lasts 0.5 s"),
+        (data_url(wav_bytes(np.zeros(12 * SAMPLE_RATE, dtype=np.float32))), "longer than 10 s"),
     ],
 )
 async def test_bad_references_refuse_the_job(

@@ -4,10 +4,7 @@ diarization tests build theirs). The main app has diarization enabled; `/multi` 
 
 from __future__ import annotations
 
-import base64
-import io
 import time
-import wave
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,27 +13,19 @@ import numpy as np
 import openai
 import pytest
 
-from tests.diarization.conversations import SAMPLE_RATE, conversation, reference_audio
+from tests.diarization.conversations import (
+    SAMPLE_RATE,
+    conversation,
+    data_url,
+    reference_audio,
+    wav_bytes,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def _wav(audio: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return out.getvalue()
-
-
-def _data_url(audio: bytes, mime: str = "audio/wav") -> str:
-    return f"data:{mime};base64,{base64.b64encode(audio).decode()}"
-
-
 CONVERSATION, TRUTH = conversation(2, rounds=2, gap_s=0.4, seed=3)
-WAV = _wav(CONVERSATION)
+WAV = wav_bytes(CONVERSATION)
 VOICES = ["awb", "rms"]
 
 
@@ -81,7 +70,7 @@ def test_diarized_json_labels_each_turn(client: openai.OpenAI) -> None:
 
 
 def test_known_speakers_name_the_turns(client: openai.OpenAI) -> None:
-    references = [_data_url(_wav(reference_audio(voice))) for voice in VOICES]
+    references = [data_url(wav_bytes(reference_audio(voice))) for voice in VOICES]
     result = client.audio.transcriptions.create(
         model="whisper-1",
         file=("talk.wav", WAV),
@@ -105,7 +94,7 @@ def test_num_speakers_fixes_the_count(client: openai.OpenAI) -> None:
 
 # -- bad input, raw HTTP --------------------------------------------------------------------
 
-SHORT_REFERENCE = _data_url(_wav(reference_audio("awb")))
+SHORT_REFERENCE = data_url(wav_bytes(reference_audio("awb")))
 
 
 def _post(
@@ -130,7 +119,7 @@ def test_translation_refuses_diarized_json(http: httpx.Client) -> None:
 def test_diarized_job_names_each_turn(http: httpx.Client) -> None:
     """Through the tracker and its handle on the SpeakerDiarizer, with known speakers
     (stored at submission, sent by the tracker): the turns are named as sync names them."""
-    references = [_data_url(_wav(reference_audio(voice))) for voice in VOICES]
+    references = [data_url(wav_bytes(reference_audio(voice))) for voice in VOICES]
     submitted = _post(
         http,
         "/v1/jobs",
@@ -207,9 +196,9 @@ def test_names_and_references_must_pair(http: httpx.Client) -> None:
         ("https://example.com/alice.wav", "data URL of audio"),
         ("data:text/plain;base64,aGVsbG8=", "data URL of audio"),
         ("data:audio/wav;base64,!!!not-base64!!!", "not valid base64"),
-        (_data_url(b"RIFF nonsense that is not audio"), "could not be decoded"),
-        (_data_url(_wav(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))), "lasts 0.5 s"),
-        (_data_url(_wav(np.zeros(12 * SAMPLE_RATE, dtype=np.float32))), "longer than 10 s"),
+        (data_url(b"RIFF nonsense that is not audio"), "could not be decoded"),
+        (data_url(wav_bytes(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))), "lasts 0.5 s"),
+        (data_url(wav_bytes(np.zeros(12 * SAMPLE_RATE, dtype=np.float32))), "longer than 10 s"),
     ],
 )
 def test_bad_reference(http: httpx.Client, reference: str, said: str) -> None:
@@ -223,7 +212,7 @@ def test_bad_reference(http: httpx.Client, reference: str, said: str) -> None:
 
 
 def test_jobs_refuse_a_bad_reference(http: httpx.Client) -> None:
-    short = _data_url(_wav(np.zeros(SAMPLE_RATE // 2, dtype=np.float32)))
+    short = data_url(wav_bytes(np.zeros(SAMPLE_RATE // 2, dtype=np.float32)))
     fields = {"known_speaker_names[]": ["Alice"], "known_speaker_references[]": [short]}
     error = _error(_post(http, "/v1/jobs", **fields))
     assert error["param"] == "known_speaker_references"
