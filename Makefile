@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration cluster fixtures bench bench-long bench-models bench-stream bench-bulk clean
+.PHONY: run migrate test install install-dev lint format typecheck unit jobs integration cluster fixtures bench bench-long bench-models bench-stream bench-bulk bench-retries clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ bench-stream: install-dev
 ## Bulk benchmark (issue #10): 30 min of audio through `python -m cluster.bulk` against the in-process pipeline
 bench-bulk: install-dev
 	$(PY) benchmarks/bulk.py
+
+## What the engine decodes again (windows, CPU-s, WER), in process, against the pipeline
+bench-retries: install-dev
+	$(PY) benchmarks/engine_retries.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -123,7 +123,8 @@ def main() -> None:
 
     def replica_stats() -> dict[str, int]:
         stats: dict[str, Any] = replica.stats.remote().result(timeout_s=30)
-        return {key: int(stats[key]) for key in ("windows", "retried", "fallbacks")}
+        keys = ("windows", "retried", "retry_windows", "fallbacks")
+        return {key: int(stats[key]) for key in keys}
 
     inproc: list[tuple[float, str, int]] = []
     jobs: list[tuple[float, str, dict[str, Any]]] = []

@@ -96,7 +96,14 @@ class WhisperTranscriber:
         self._batch_used = False
         self._watchdog = CallWatchdog(settings.whisper.hung_call_s)
         self._ready = True
-        self._stats = {"batches": 0, "items": 0, "windows": 0, "retried": 0, "fallbacks": 0}
+        self._stats = {
+            "batches": 0,
+            "items": 0,
+            "windows": 0,
+            "retried": 0,
+            "retry_windows": 0,
+            "fallbacks": 0,
+        }
         omp_threads = os.environ.get("OMP_NUM_THREADS")
         if omp_threads != str(settings.whisper.cpu_threads):
             log.warning(
@@ -292,6 +299,7 @@ class WhisperTranscriber:
         self._stats["items"] += len(items)
         self._stats["windows"] += stats.windows
         self._stats["retried"] += stats.retried
+        self._stats["retry_windows"] += stats.retry_windows
         self._stats["fallbacks"] += stats.fallbacks
         log.debug("batch_decoded", items=len(items), windows=stats.windows, fill_s=stats.fill_s)
         return results
