@@ -10,7 +10,7 @@ from typing import Any
 from ray.serve.handle import DeploymentHandle
 
 from cluster.whisper_client import serve_call_errors
-from services.diarization.pipeline import Turn
+from services.diarization.pipeline import Turn, turns_of_rows
 from services.transcription.domain import Waveform
 
 
@@ -30,4 +30,4 @@ class ServeDiarizer:
             turns: list[dict[str, Any]] = await self._handle.diarize.remote(
                 audio, num_speakers, references
             )
-        return [Turn(float(t["start"]), float(t["end"]), str(t["speaker"])) for t in turns]
+        return turns_of_rows(turns)

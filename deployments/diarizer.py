@@ -20,7 +20,7 @@ from ray import serve
 from cluster.speaker_client import ServeDiarizer
 from services.core.logging import configure_logging, get_logger
 from services.core.settings import Settings
-from services.diarization.pipeline import Diarizer, Reference
+from services.diarization.pipeline import Diarizer, Reference, turns_to_rows
 
 log = get_logger(__name__)
 
@@ -61,7 +61,7 @@ class SpeakerDiarizer:
                 num_speakers=num_speakers,
                 references=[Reference(name, clip) for name, clip in references],
             )
-        return [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns]
+        return turns_to_rows(turns)
 
     async def diarize(
         self,

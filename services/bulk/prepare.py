@@ -29,11 +29,11 @@ from services.bulk.speakers import (
     DIARIZATION_FAILED,
     MAX_SPEECH_S,
     SpeakerLabeller,
-    turn_rows,
 )
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
 from services.core.settings import BulkSettings, StorageSettings
+from services.diarization.pipeline import turns_to_rows
 from services.transcription.audio import decode_audio
 from services.transcription.domain import SAMPLE_RATE, TranscriptionOptions, Waveform
 from services.transcription.engine import find_items
@@ -167,7 +167,7 @@ class Preparer:
             )
             return
         try:
-            out["turns"] = turn_rows(self._labeller.diarize(audio, num_speakers=num_speakers))
+            out["turns"] = turns_to_rows(self._labeller.diarize(audio, num_speakers=num_speakers))
         except Exception as exc:  # one file's labels failing must not stop the run
             log.exception("bulk_diarization_failed", path=out["path"])
             out["diarization_error"] = error_text(DIARIZATION_FAILED, repr(exc)[:500])

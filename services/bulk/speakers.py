@@ -24,18 +24,23 @@ from typing import Any, Protocol
 
 from services.diarization.clustering import MAX_SPEAKERS as MAX_SPEAKERS
 from services.diarization.encoder import DiarizationUnavailableError, weights_path
-from services.diarization.pipeline import Turn, speaker_at, speaker_runs
+from services.diarization.pipeline import (
+    MAX_DIARIZED_S,
+    Turn,
+    speaker_at,
+    speaker_runs,
+    turns_of_rows,
+)
 from services.transcription.domain import Waveform, Word
 
 DIARIZER_THREADS = 1
 """torch threads per prepare worker: the pool scales by workers, and one thread labels a
 30 s conversation in about 1.5 s here, well ahead of the engine."""
 DIARIZATION_FAILED = "diarization_failed"
-MAX_SPEECH_S = 3600.0
-"""Speech per file that gets speaker labels. Clustering holds every pair of 0.4 s windows:
-an hour of speech (9,000 windows) peaked at 840 MB here, two hours would take about 3 GB,
-four hours 12 GB, and a prepare worker killed for memory takes its whole block of files
-with it. A longer file keeps its transcript with `diarization_failed` saying so."""
+MAX_SPEECH_S = MAX_DIARIZED_S
+"""Speech per file that gets speaker labels (the library's cap, see `MAX_DIARIZED_S`): a
+prepare worker killed for memory would take its whole block of files with it. A longer
+file keeps its transcript with `diarization_failed` saying so."""
 
 
 class SpeakerLabeller(Protocol):
@@ -65,16 +70,12 @@ def load_labeller() -> SpeakerLabeller:
     return Diarizer(SpeakerEncoder(threads=DIARIZER_THREADS))
 
 
-def turn_rows(turns: list[Turn]) -> list[dict[str, Any]]:
-    return [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns]
-
-
 def label_segments(
     segments: list[dict[str, Any]], turns: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The row's segments split at speaker changes, with `speaker` on segments and words,
     numbered again from 0."""
-    timeline = [Turn(float(t["start"]), float(t["end"]), str(t["speaker"])) for t in turns]
+    timeline = turns_of_rows(turns)
     out: list[dict[str, Any]] = []
     for segment in segments:
         words = segment["words"] or []

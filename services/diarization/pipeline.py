@@ -10,8 +10,9 @@ the same labels. Overlapping speech is not modelled: each instant has at most on
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,23 @@ class Turn:
     start: float
     end: float
     speaker: str
+
+
+def turns_to_rows(turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    """Turns as plain rows (`start`, `end`, `speaker`): what the deployment returns, a job
+    stores and a bulk row carries."""
+    return [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns]
+
+
+def turns_of_rows(rows: Sequence[Mapping[str, Any]]) -> list[Turn]:
+    return [Turn(float(r["start"]), float(r["end"]), str(r["speaker"])) for r in rows]
+
+
+MAX_DIARIZED_S = 3600.0
+"""Most audio one diarization takes. Clustering holds every pair of 0.4 s windows: an hour
+of speech (9,000 windows) peaked at 840 MB here, two hours would take about 3 GB and four
+12 GB, enough to have a shared replica or worker killed for memory. Jobs refuse longer
+`diarized_json` audio at submission; bulk keeps the transcript and says why."""
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,12 @@ from services.core.logging import get_logger
 from services.core.metrics import telemetry
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage
+from services.diarization.pipeline import turns_to_rows
 from services.jobs import failures
 from services.jobs.chunking import BLOCK_S, CHUNKS_IN_FLIGHT, Chunk, Chunker, ChunkPlan, boundaries
 from services.jobs.events import JobEvents
 from services.jobs.leases import LeaseRepository
-from services.jobs.speakers import JobDiarizer, Steps, turns_to_rows
+from services.jobs.speakers import JobDiarizer, Steps
 from services.jobs.tables import Job
 from services.jobs.views import JobView
 from services.transcription.audio import AudioDecoder, scan_duration_s

@@ -39,11 +39,12 @@ from services.core.logging import get_logger
 from services.core.paging import check_page
 from services.core.settings import JobsSettings
 from services.core.storage import AudioStorage, StoredAudio
+from services.diarization.pipeline import MAX_DIARIZED_S, turns_of_rows
 from services.diarization.render import diarized_json
 from services.jobs.chunking import estimated_chunks
 from services.jobs.events import JobEvents
 from services.jobs.repository import JobRepository
-from services.jobs.speakers import not_diarized, turns_of_rows
+from services.jobs.speakers import diarized_too_long, not_diarized
 from services.jobs.sweeper import Sweeper, SweepReport
 from services.jobs.tables import ACTIVE, Job, JobStatus
 from services.jobs.views import JobPage, JobView
@@ -127,6 +128,8 @@ class JobsService:
                 f"{self._settings.max_duration_s:g} s.",
                 param="file",
             )
+        if request.diarized and declared is not None and declared > MAX_DIARIZED_S:
+            raise AudioTooLongError(diarized_too_long(declared), param="file")
         upload.seek(0)
         stored = await self._storage.save(upload)
         try:

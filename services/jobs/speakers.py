@@ -25,9 +25,12 @@ from typing import Any
 from services.core.errors import InvalidRequestError, ServiceError
 from services.core.logging import get_logger
 from services.core.storage import AudioStorage
-from services.diarization.pipeline import Turn
+from services.diarization.pipeline import (
+    MAX_DIARIZED_S,
+    Turn,
+)
 from services.jobs.tables import Job
-from services.transcription.audio import decode_audio
+from services.transcription.audio import AudioTooLongError, decode_audio
 from services.transcription.domain import SAMPLE_RATE
 from services.transcription.request import TranscriptionRequest
 from services.transcription.service import (
@@ -47,12 +50,11 @@ class DiarizationFailedError(ServiceError):
 DIARIZATION_FAILED = "Labelling the speakers failed; the details were logged."
 
 
-def turns_to_rows(turns: Sequence[Turn]) -> list[dict[str, Any]]:
-    return [{"start": t.start, "end": t.end, "speaker": t.speaker} for t in turns]
-
-
-def turns_of_rows(rows: Sequence[dict[str, Any]]) -> list[Turn]:
-    return [Turn(float(r["start"]), float(r["end"]), str(r["speaker"])) for r in rows]
+def diarized_too_long(duration_s: float) -> str:
+    return (
+        f"Speaker labels (diarized_json) take at most {MAX_DIARIZED_S:g} s of audio; this "
+        f"audio lasts {duration_s:.1f} s. Submit it without diarized_json, or in parts."
+    )
 
 
 def not_diarized(job_id: str) -> InvalidRequestError:
@@ -111,6 +113,8 @@ class JobDiarizer:
         if self._labeller is None:  # enabled at submission, not on this tracker (any more)
             raise DiarizationUnavailableError(DIARIZATION_UNAVAILABLE, param="response_format")
         audio = await asyncio.to_thread(self._decode, audio_key)
+        if audio.size > MAX_DIARIZED_S * SAMPLE_RATE:  # the header understated: never retried
+            raise AudioTooLongError(diarized_too_long(audio.size / SAMPLE_RATE), param="file")
         voices = [(name, of_pcm(pcm)) for name, pcm in references]
         try:
             turns = await self._labeller.diarize(audio, request.num_speakers, voices)

@@ -21,6 +21,8 @@ from sqlalchemy import text
 
 from services.core.clock import utcnow
 from services.diarization.pipeline import Diarizer, Reference, Turn
+from services.jobs import service as jobs_service
+from services.jobs import speakers as jobs_speakers
 from services.transcription.domain import Transcript, TranscriptionOptions, Waveform
 from tests.diarization.conversations import (
     SAMPLE_RATE,
@@ -223,6 +225,30 @@ async def test_diarized_job_refusals(env_factory: Any, talk: Path) -> None:
     assert "RAYSCRIBE_DIARIZATION__ENABLED=true" in error["message"]
     stored = await off.sql("SELECT count(*) FROM jobs")
     assert stored[0][0] == 0
+
+
+async def test_diarized_audio_over_the_cap_is_refused_at_submission_and_when_it_runs(
+    env_factory: Any, diarizer: Diarizer, talk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clustering memory grows with the square of the length: past `MAX_DIARIZED_S` a
+    diarized job is refused (413 on the declared duration) and, should the header
+    understate it, fails for good when decoded, instead of crashing the shared diarizer
+    over and over. The cap is lowered here to the 58 s test conversation's length."""
+    monkeypatch.setattr(jobs_service, "MAX_DIARIZED_S", 30.0)
+    monkeypatch.setattr(jobs_speakers, "MAX_DIARIZED_S", 30.0)
+    labeller = CountingLabeller(diarizer)
+    env: JobsEnv = await env_factory(diarization=True, speakers=labeller)
+    refused = await env.submit(talk, response_format="diarized_json")
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("audio_too_long", "file")
+    assert "at most 30 s" in error["message"]
+    assert (await env.submit(talk, response_format="json")).status_code == 202  # plain: fine
+    monkeypatch.setattr(jobs_service, "MAX_DIARIZED_S", 3600.0)  # the header "understates"
+    job_id = (await env.submit(talk, response_format="diarized_json")).json()["id"]
+    done = await env.wait(job_id)
+    assert (done["status"], done["error_code"], done["attempts"]) == ("failed", "audio_too_long", 1)
+    assert labeller.calls == 0
 
 
 async def test_diarized_job_bad_fields(env_factory: Any, talk: Path) -> None:
