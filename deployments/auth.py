@@ -59,7 +59,7 @@ class Authenticator:
             raise AuthenticationError("token_in_query")
         values = [v for k, v in scope.get("headers", []) if k == b"authorization"]
         if not values:
-            if self.is_open(scope.get("path", "")):
+            if self.is_open(route_path(scope)):
                 return NOBODY
             raise AuthenticationError("no_token")
         scheme, _, token = values[0].decode("latin-1").strip().partition(" ")
@@ -82,6 +82,16 @@ def build_authenticator(settings: AuthSettings, *, fetch: Fetch | None = None) -
     )
     keys = KeyCache(source, max_age_s=settings.jwks_max_age_s, cooldown_s=settings.jwks_cooldown_s)
     return Authenticator(settings, TokenVerifier(settings, keys))
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the `root_path` Serve sets when the application
+    has a route prefix (it keeps the prefix in `path`, as ASGI servers may)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def _client_of(scope: Scope) -> str | None:
@@ -172,12 +182,12 @@ def roles_by_prefix(routers: Sequence[APIRouter]) -> dict[str, list[Role]]:
     """The roles each router requires of every route it holds (its own `dependencies`),
     by its path prefix: what `RoleMiddleware` applies."""
     out: dict[str, list[Role]] = {}
-    for router in routers:
+    for router in routers:  # two routers under one prefix: a route needs both's roles
         roles = [
             d.dependency.role for d in router.dependencies if isinstance(d.dependency, RoleCheck)
         ]
         if roles:
-            out[router.prefix] = roles
+            out.setdefault(router.prefix, []).extend(roles)
     return out
 
 
@@ -197,15 +207,18 @@ class RoleMiddleware:
         self.roles = roles
 
     def roles_for(self, path: str) -> list[Role]:
-        return next(
-            (roles for p, roles in self.roles.items() if path == p or path.startswith(p + "/")),
-            [],
-        )
+        """Every role the path needs: those of each prefix it lies under."""
+        return [
+            role
+            for prefix, roles in self.roles.items()
+            if path == prefix or path.startswith(prefix + "/")
+            for role in roles
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         principal = scope.get("state", {}).get("principal") if scope["type"] == "http" else None
         if principal is not None:
-            path = scope.get("path", "")
+            path = route_path(scope)
             missing = next((r for r in self.roles_for(path) if not principal.has(r)), None)
             if missing is not None:
                 try:
