@@ -24,6 +24,7 @@ from rich.console import Console
 from cluster.cli_commands import bulk_command, jobs_command
 from cluster.cli_http import ApiError, Target
 from cluster.cli_transcribe import EXTENSIONS, summary, transcribe_files
+from services.diarization.clustering import MAX_SPEAKERS
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 FORMATS = list(EXTENSIONS)
@@ -179,8 +180,8 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.command == "bulk" and args.action == "submit" and args.num_speakers is not None:
         if not args.speakers:
             parser.error("--num-speakers needs --speakers")
-        if args.num_speakers > 8:
-            parser.error(f"--num-speakers must be 1 to 8, got {args.num_speakers}")
+        if args.num_speakers > MAX_SPEAKERS:
+            parser.error(f"--num-speakers must be 1 to {MAX_SPEAKERS}, got {args.num_speakers}")
     if args.command == "bulk" and args.action == "list" and args.limit > 100:
         parser.error("--limit must be 1 to 100")
     if not args.server.startswith(("http://", "https://")):

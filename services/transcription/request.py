@@ -253,7 +253,8 @@ class TranscriptionRequest(BaseModel):
         a translation has no source language (Whisper detects it), and a route without
         `timestamp_granularities` (translations, as at OpenAI) uses the default. Only a
         `live` route (synchronous transcription) streams and returns log-probabilities;
-        it and a `job` label speakers (`diarized_json`), a job with `num_speakers` only."""
+        it and a `job` label speakers (`diarized_json`, with `num_speakers` and known
+        speakers on both)."""
         if not live and self.stream:
             raise InvalidRequestError(
                 "stream=true is supported on POST /v1/audio/transcriptions only (a job's "
