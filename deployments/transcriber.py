@@ -96,14 +96,7 @@ class WhisperTranscriber:
         self._batch_used = False
         self._watchdog = CallWatchdog(settings.whisper.hung_call_s)
         self._ready = True
-        self._stats = {
-            "batches": 0,
-            "items": 0,
-            "windows": 0,
-            "retried": 0,
-            "retry_windows": 0,
-            "fallbacks": 0,
-        }
+        self._stats = empty_stats()
         omp_threads = os.environ.get("OMP_NUM_THREADS")
         if omp_threads != str(settings.whisper.cpu_threads):
             log.warning(
@@ -303,6 +296,12 @@ class WhisperTranscriber:
         self._stats["fallbacks"] += stats.fallbacks
         log.debug("batch_decoded", items=len(items), windows=stats.windows, fill_s=stats.fill_s)
         return results
+
+
+def empty_stats() -> dict[str, int]:
+    """The replica's counters (`stats()`), all at zero."""
+    keys = ("batches", "items", "windows", "retried", "retry_windows", "fallbacks")
+    return dict.fromkeys(keys, 0)
 
 
 def _peak_rss_mb() -> float:

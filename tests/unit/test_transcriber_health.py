@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from deployments.transcriber import WhisperTranscriber
+from deployments.transcriber import WhisperTranscriber, empty_stats
+from services.transcription.packing import RunStats
 from services.transcription.watchdog import CallWatchdog, HungCallError
 
 
@@ -55,7 +56,7 @@ class _HangingEngine:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.last_run = SimpleNamespace(windows=1, retried=0, fallbacks=0, fill_s=1.0)
+        self.last_run = RunStats(windows=1, speech_s=1.0)
 
     def run(self, items: list[Any]) -> list[Any]:
         self.entered.set()
@@ -71,7 +72,7 @@ def test_check_health_fails_while_an_engine_call_hangs() -> None:
     replica._engine = engine
     replica._ready = True
     replica._watchdog = CallWatchdog(limit_s=300, clock=clock)
-    replica._stats = {"batches": 0, "items": 0, "windows": 0, "retried": 0, "fallbacks": 0}
+    replica._stats = empty_stats()
 
     worker = threading.Thread(target=replica._run_engine, args=([SimpleNamespace(queued_at=0.0)],))
     worker.start()
