@@ -29,7 +29,7 @@ import pytest
 from services.core.metrics import CATALOG
 from services.migrations import upgrade
 from tests import serve_local as local
-from tests.conftest import ENGLISH, FIXTURES
+from tests.conftest import ENGLISH, FIXTURES, report
 from tests.ops.browser import chromium
 from tests.ops.prometheus import Prometheus
 from tests.ray_head import RayHead
@@ -217,7 +217,7 @@ def test_every_listed_metric_reaches_prometheus(cluster: Cluster) -> None:
     ours = [_exported(s.name, s.kind) for s in CATALOG if s.name not in NOT_FROM_THE_APP]
     missing = _wait_for(cluster.prometheus, ours + SERVE_METRICS)
     assert missing == set(), f"not in Prometheus after {METRICS_WAIT_S} s: {sorted(missing)}"
-    for spec in CATALOG:  # the figures for the closing note (shown with `pytest -s`)
+    for spec in CATALOG:  # the values seen, in the run's summary of figures
         name = f"ray_{spec.name}" + ("_count" if spec.kind == "histogram" else "")
         by = ", ".join(spec.labels)
         query = f"sum by ({by}) ({name})" if by else f"sum({name})"
@@ -225,7 +225,7 @@ def test_every_listed_metric_reaches_prometheus(cluster: Cluster) -> None:
             ",".join(f"{k}={v}" for k, v in sample["metric"].items()) or "-": sample["value"][1]
             for sample in cluster.prometheus.query(query)
         }
-        print(f"prometheus {name}: {seen}")
+        report(f"prometheus {name}: {seen}")
 
 
 def _one(prometheus: Prometheus, promql: str) -> float:
