@@ -18,6 +18,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any
@@ -197,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     sink.finished(counts, None)
     log.info("bulk_finished", output=output.location.url, **_dict(counts))
+    if work.todo:
+        _flush_metrics(settings)
     return 0
 
 
@@ -258,6 +261,16 @@ def _run_pipeline(
     finally:
         log.info("bulk_rows_processed", rows=collector.processed)
     return collector.committed
+
+
+def _flush_metrics(settings: Settings) -> None:
+    """After a run that wrote rows, stay up until Ray's metrics agent has the last counts
+    (`bulk.metrics_flush_s`): Ray reports a process's metrics every 10 s and loses what was
+    not sent when it exits. Only on a cluster joined through RAY_ADDRESS: a local Ray ends
+    with this process, and its metrics with it."""
+    if os.environ.get("RAY_ADDRESS") and settings.bulk.metrics_flush_s > 0:
+        log.info("bulk_metrics_flush", wait_s=settings.bulk.metrics_flush_s)
+        time.sleep(settings.bulk.metrics_flush_s)
 
 
 def _connect(ray: Any) -> None:

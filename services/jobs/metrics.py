@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.bulk.batches_repository import BatchRepository
+from services.bulk.batches_tables import BatchState
 from services.core.clock import utcnow
 from services.core.db import transaction
 from services.core.logging import get_logger
@@ -31,6 +32,7 @@ log = get_logger(__name__)
 SAMPLE_INTERVAL_S = 10.0
 """Counting jobs by state reads the jobs index; every 10 s from one tracker is cheap."""
 STATES = tuple(status.value for status in JobStatus)
+BATCH_STATES = tuple(state.value for state in BatchState)
 
 
 class JobMetricsRepository(Repository):
@@ -120,7 +122,9 @@ class JobMetricsSampler:
                 counts = await BatchRepository(session).count_by_state()
         except Exception:  # no batches table (yet): nothing to export
             return
-        counts = dict.fromkeys(self._batch_states, 0) | counts
+        # Every state is a series from the start (at 0), like the jobs': an alert or panel
+        # on `rayscribe_batches` has something to read before the first batch exists.
+        counts = dict.fromkeys(BATCH_STATES, 0) | counts
         self._telemetry.batches_by_state(counts)
         self._batch_states |= set(counts)
 

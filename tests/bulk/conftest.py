@@ -55,6 +55,7 @@ def base_env(data_dir: Path) -> dict[str, str]:
         RAYSCRIBE_BULK__MAX_DURATION_S=str(MAX_DURATION_S),
         RAYSCRIBE_BULK__PART_MAX_AGE_S=str(BULK_TEST_SETTINGS["part_max_age_s"]),
         RAYSCRIBE_BULK__FILES_PER_CALL=str(BULK_TEST_SETTINGS["files_per_call"]),
+        RAYSCRIBE_BULK__METRICS_FLUSH_S=str(BULK_TEST_SETTINGS["metrics_flush_s"]),
     )
     return env
 

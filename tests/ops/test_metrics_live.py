@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ import pytest
 from services.core.metrics import CATALOG
 from services.migrations import upgrade
 from tests import serve_local as local
+from tests.bulk.conftest import base_env, run_bulk
 from tests.conftest import ENGLISH, FIXTURES, report
 from tests.ops.browser import chromium
 from tests.ops.prometheus import Prometheus
@@ -48,6 +50,7 @@ class Sent:
     statuses: dict[int, int] = field(default_factory=dict)
     jobs: list[str] = field(default_factory=list)
     interruptions: int = 0
+    bulk_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +94,7 @@ def cluster(ray_head: RayHead, tmp_path_factory: pytest.TempPathFactory) -> Iter
         workdir = tmp_path_factory.mktemp("prometheus")
         prometheus = Prometheus(ray_head.service_discovery_file, workdir)
         sent = _traffic(url)
+        sent.bulk_rows = _bulk_run(ray_head, tmp_path_factory.mktemp("bulk"))
     except BaseException:
         ray_head.keep_logs = True  # for whoever reads the failure: the path is printed above
         with contextlib.suppress(Exception):  # the failure above is the one to report
@@ -180,6 +184,22 @@ def _traffic(url: str) -> Sent:
     return sent
 
 
+def _bulk_run(head: RayHead, workdir: Path) -> dict[str, int]:
+    """A small bulk run on the head beside the app (two clips and one file that is not
+    audio), its driver staying up for Ray's next metrics report: the rows it wrote, by
+    status."""
+    inputs = workdir / "in"
+    inputs.mkdir()
+    for clip in ENGLISH[:2]:
+        shutil.copy(clip.path, inputs / clip.path.name)
+    shutil.copy(FIXTURES / "hostile" / "random_bytes.bin", inputs / "broken.wav")
+    env = head.env(base_env(workdir / "data"))
+    env["RAYSCRIBE_BULK__METRICS_FLUSH_S"] = "15"
+    run = run_bulk(["--input", str(inputs), "--output", str(workdir / "out")], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return {"done": 2, "failed": 1}
+
+
 def _wait_for(prometheus: Prometheus, names: list[str]) -> set[str]:
     """The names among `names` Prometheus has not seen within the wait."""
     deadline = time.monotonic() + METRICS_WAIT_S
@@ -193,9 +213,6 @@ def _wait_for(prometheus: Prometheus, names: list[str]) -> set[str]:
 def _exported(name: str, kind: str) -> str:
     return f"ray_{name}_count" if kind == "histogram" else f"ray_{name}"
 
-
-NOT_FROM_THE_APP = {"rayscribe_batches"}
-"""Exported only when bulk batches exist (issue 10's table): not by this app alone."""
 
 SERVE_METRICS = [
     "ray_serve_num_http_requests_total",
@@ -214,7 +231,7 @@ SERVE_METRICS = [
 
 
 def test_every_listed_metric_reaches_prometheus(cluster: Cluster) -> None:
-    ours = [_exported(s.name, s.kind) for s in CATALOG if s.name not in NOT_FROM_THE_APP]
+    ours = [_exported(s.name, s.kind) for s in CATALOG]
     missing = _wait_for(cluster.prometheus, ours + SERVE_METRICS)
     assert missing == set(), f"not in Prometheus after {METRICS_WAIT_S} s: {sorted(missing)}"
     for spec in CATALOG:  # the values seen, in the run's summary of figures
@@ -270,6 +287,25 @@ def test_batch_metrics_are_consistent(cluster: Cluster) -> None:
     assert _one(p, "sum(ray_rayscribe_batch_inference_seconds_count)") == batches
     assert _one(p, "sum(ray_rayscribe_batch_inference_seconds_sum)") > 0
     assert _one(p, "sum(ray_rayscribe_queue_wait_seconds_count)") >= batches
+
+
+def test_bulk_rows_and_batches_are_exported(cluster: Cluster) -> None:
+    """The bulk run's rows by status (from its driver, through Ray's metrics agent), and the
+    batches gauge with every state at 0 (this app stored no batch)."""
+    p, sent = cluster.prometheus, cluster.sent
+    _wait_for(p, ["ray_rayscribe_bulk_rows_total", "ray_rayscribe_batches"])
+    for status, rows in sent.bulk_rows.items():
+        seen = _one(p, f'sum(ray_rayscribe_bulk_rows_total{{status="{status}"}})')
+        report(f"prometheus ray_rayscribe_bulk_rows_total{{status={status}}}: {seen}")
+        assert seen == rows
+    audio_s = sum(clip.duration_s for clip in ENGLISH[:2])
+    seen = _one(p, "sum(ray_rayscribe_bulk_audio_seconds_total)")
+    report(f"prometheus ray_rayscribe_bulk_audio_seconds_total: {seen}")
+    assert seen == pytest.approx(audio_s, 0.05)
+    states = {s["metric"]["state"]: float(s["value"][1]) for s in p.query(
+        "sum by (state) (ray_rayscribe_batches)"
+    )}  # fmt: skip
+    assert states == dict.fromkeys(("queued", "running", "succeeded", "failed", "stopped"), 0)
 
 
 def test_refusals_and_cache_are_counted(cluster: Cluster) -> None:
