@@ -40,6 +40,7 @@ from services.transcription.packing import (
     SHARED_WINDOW_SAMPLES,
     ItemResult,
     WorkItem,
+    seal_windows,
 )
 from services.transcription.streaming import StreamEvent, StreamStart, ramped_results
 from services.transcription.watchdog import CallWatchdog
@@ -171,12 +172,24 @@ class WhisperTranscriber:
                 item.request_key = key
                 item.background = background
                 item.queued_at = time.monotonic()
-            if prepared.items:
-                prepared.items[-1].last_of_request = True
+            # A job's chunk is planned into windows of its own, so a chunk decoded again
+            # (a retried or resumed job) gives the same words; sync work packs with anyone.
+            bundles = (
+                seal_windows(prepared.items, key)
+                if background
+                else [[item] for item in prepared.items]
+            )
+            if bundles:
+                bundles[-1][-1].last_of_request = True
             try:
                 self._batch_used = True
-                places = await asyncio.gather(*(self._batch(i) for i in prepared.items))
-                results = await asyncio.gather(*places)
+                places = await asyncio.gather(*(self._batch(b) for b in bundles))
+                by_id = {
+                    id(item): result
+                    for bundle, results in zip(bundles, await asyncio.gather(*places), strict=True)
+                    for item, result in zip(bundle, results, strict=True)
+                }
+                results = [by_id[id(item)] for item in prepared.items]
             except asyncio.CancelledError:
                 # The caller went away: whatever of its work has not run yet is dropped.
                 for item in prepared.items:
@@ -266,8 +279,9 @@ class WhisperTranscriber:
             )
 
     async def _queued(self, item: WorkItem) -> ItemResult:
-        place = await self._batch(item)
-        return await place
+        place = await self._batch([item])
+        (result,) = await place
+        return result
 
     async def detect_languages(self, audio: Waveform, request_id: str | None = None) -> Any:
         """Every language's probability for `audio`, most likely first (a multilingual

@@ -46,7 +46,7 @@ from services.transcription.packing import (
     Window,
     WorkItem,
     group_by_decode,
-    plan_windows,
+    plan_items,
     split_into_items,
     window_audio,
     window_fill,
@@ -207,7 +207,7 @@ class WhisperEngine:
         stats = self.last_run = RunStats()
         for decode, indices in group_by_decode(items).items():
             group = [items[i] for i in indices]
-            windows = plan_windows([item.samples for item in group], pack=pack)
+            windows = plan_items(group, pack=pack)
             stats.windows += len(windows)
             stats.speech_s += window_fill([i.samples for i in group], windows) * len(windows)
             group_results: list[ItemResult] = [[] for _ in group]
@@ -258,7 +258,7 @@ class WhisperEngine:
         items = [tails[i].item for i in order]
         again: list[ItemResult] = [[] for _ in items]
         again_short: set[int] = set()
-        windows = plan_windows([item.samples for item in items], pack=pack and not last)
+        windows = plan_items(items, pack=pack and not last)
         self.last_run.retried += len(items)
         self.last_run.retry_windows += len(windows)
         self._decode_all(items, windows, decode, again, again_short)

@@ -69,6 +69,10 @@ class WorkItem:
     """`time.monotonic()` when it joined the batch queue (queue-wait metric); 0: unknown."""
     logprobs: bool = False
     """Its segments get per-token log-probabilities (`include[]=logprobs`)."""
+    pack_key: object = None
+    """Items with a key share windows only with items of the same key; None: with any item
+    of their batch. `seal_windows` keys a request's items by the window it planned for them,
+    so their windows (hence their words) never depend on what else was in the batch."""
 
     @property
     def samples(self) -> int:
@@ -255,16 +259,50 @@ def plan_windows(item_samples: Sequence[int], *, pack: bool) -> list[Window]:
     return windows
 
 
+def plan_items(items: Sequence[WorkItem], *, pack: bool) -> list[Window]:
+    """`plan_windows` for items that may carry a `pack_key`: the items of one key are packed
+    among themselves (in the order their keys first appear), the rest together; placements
+    index into `items`."""
+    groups: dict[object, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(item.pack_key, []).append(index)
+    free = groups.pop(None, [])
+    windows = []
+    for indices in [*groups.values(), free]:
+        for plan in plan_windows([items[i].samples for i in indices], pack=pack):
+            window = Window()
+            for placement in plan.placements:
+                window.add(indices[placement.item], items[indices[placement.item]].samples)
+            windows.append(window)
+    return windows
+
+
 def count_windows(items: Sequence[WorkItem], *, pack: bool = True) -> int:
     """How many windows a batch of items costs: the weight `@serve.batch` limits."""
     if not items:
         return 0
     if not pack:
         return len(items)
-    total = 0
-    for indices in group_by_decode(items).values():
-        total += len(plan_windows([items[i].samples for i in indices], pack=True))
-    return total
+    return sum(
+        len(plan_items([items[i] for i in indices], pack=True))
+        for indices in group_by_decode(items).values()
+    )
+
+
+def seal_windows(items: Sequence[WorkItem], key: int) -> list[list[WorkItem]]:
+    """Plan a request's windows now, from its own items alone, and key each window's items
+    (`pack_key`) so they are decoded together and with nothing else: the bundles to queue,
+    each one window. The words then depend only on the request's audio, not on what else
+    the replica was doing: a job's chunk transcribed again after a crash comes out the same
+    (cross-request packing had varied them; measured on a 20-minute job, 42 windows planned
+    per chunk against 41 for all its chunks at once)."""
+    bundles = []
+    for index, plan in enumerate(plan_items(items, pack=True)):
+        bundle = [items[p.item] for p in sorted(plan.placements, key=lambda p: p.item)]
+        for item in bundle:
+            item.pack_key = (key, index)
+        bundles.append(bundle)
+    return bundles
 
 
 def window_fill(item_samples: Sequence[int], windows: Sequence[Window]) -> float:
@@ -278,7 +316,7 @@ def windows_for(items: Sequence[WorkItem], indices: list[int], *, pack: bool) ->
     """Windows for just `items[i]` for i in `indices` (placements keep the indices into
     `items`): how the engine decodes a subset again."""
     windows = []
-    for plan in plan_windows([items[i].samples for i in indices], pack=pack):
+    for plan in plan_items([items[i] for i in indices], pack=pack):
         window = Window()
         for placement in plan.placements:
             window.add(indices[placement.item], items[indices[placement.item]].samples)

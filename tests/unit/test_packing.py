@@ -11,7 +11,9 @@ from services.transcription.packing import (
     WorkItem,
     count_windows,
     group_by_decode,
+    plan_items,
     plan_windows,
+    seal_windows,
     split_into_items,
 )
 from services.transcription.splitting import cut_short, spans_callers, split_window
@@ -90,6 +92,34 @@ def test_count_windows_weighs_a_batch_in_windows_per_decode_group() -> None:
     assert count_windows(short + german) == 2
     assert count_windows(short, pack=False) == 4
     assert list(group_by_decode(short + german).values()) == [[0, 1, 2, 3], [4, 5]]
+
+
+def test_keyed_items_share_windows_only_with_their_own_key() -> None:
+    a, b, c, d = _item(6), _item(6), _item(6), _item(6)
+    a.pack_key, b.pack_key = "one", "two"
+    windows = plan_items([a, b, c, d], pack=True)
+    assert [[p.item for p in w.placements] for w in windows] == [[0], [1], [2, 3]]
+    assert count_windows([a, b, c, d]) == 3
+    assert count_windows([c, d]) == 1
+
+
+def test_sealed_windows_are_the_requests_own_plan_whatever_else_is_queued() -> None:
+    lengths = [22, 7.5, 12, 3, 9, 14, 2.5, 28, 6]
+    request = [_item(seconds) for seconds in lengths]
+    bundles = seal_windows(request, key=7)
+    assert len(bundles) == len(plan_windows([i.samples for i in request], pack=True))
+    assert sorted(id(i) for b in bundles for i in b) == sorted(id(i) for i in request)
+    position = {id(item): k for k, item in enumerate(request)}
+    for bundle in bundles:  # one key per window, in the request's order
+        assert len({i.pack_key for i in bundle}) == 1
+        assert [position[id(i)] for i in bundle] == sorted(position[id(i)] for i in bundle)
+    others = [_item(seconds) for seconds in (4, 5, 6)]  # would fill the request's gaps
+    mixed = [others[0], *request[::-1], *others[1:]]
+    windows = plan_items(mixed, pack=True)
+    assert len(windows) == len(bundles) + count_windows(others)
+    planned = {frozenset(id(i) for i in b) for b in bundles}
+    sealed = [w for w in windows if mixed[w.placements[0].item].pack_key is not None]
+    assert {frozenset(id(mixed[p.item]) for p in w.placements) for w in sealed} == planned
 
 
 def test_split_gives_each_caller_only_its_own_words_even_inside_one_segment() -> None:
