@@ -23,7 +23,7 @@ from services.transcription.domain import (
     TranscriptionOptions,
 )
 from services.transcription.local import LocalTranscriber
-from tests.conftest import ENGLISH, report, word_error_rate
+from tests.conftest import ENGLISH, normalise, report, word_error_rate
 from tests.jobs.conftest import CountingTranscriber, JobsEnv
 from tests.jobs.tracker_process import serve_model
 from tests.long_audio import Recording, build, score, trimmed
@@ -275,14 +275,18 @@ async def test_two_hours_with_bounded_tracker_memory(env_factory: Factory, tmp_p
     assert mean >= 0.9
     poor = [(h.placed.start_s, h.retention, h.doubled) for h in heard if h.retention < 0.5]
     assert not poor  # each sentence is found where it was said
-    # The sentences on the 300 s marks come out like the same sentences elsewhere.
+    # The sentences on the 300 s marks come out like the same sentences elsewhere, give or
+    # take the one word tiny.en slips on now and then whatever the cut (CI at stop 20: "Cold
+    # wind howled" at 4500 s kept 8 of 10 words, its cut in the pause 27 s before it; the
+    # same sentence kept 9 or 10 elsewhere). A cut through a sentence costs half its words.
     on_marks = [h for h in heard if round((h.placed.start_s + h.placed.end_s) / 2) % 300 == 0]
     assert len(on_marks) == 23
     for h in on_marks:
         elsewhere = [
             o.retention for o in heard if o.placed.clip == h.placed.clip and o not in on_marks
         ]
-        assert h.retention >= min(0.9, *elsewhere), (h.placed, h.retention, elsewhere)
+        one_word = 1 / len(normalise(h.placed.clip.text).split())
+        assert h.retention >= min(0.9, *elsewhere) - one_word, (h.placed, h.retention, elsewhere)
         assert not h.doubled, (h.placed, h.doubled)
     # Whisper may start a sentence's first word a little inside the pause before it (seen:
     # 0.56 s early after the stop-16 merge); a word further than 0.75 s from anything said
