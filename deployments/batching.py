@@ -29,7 +29,8 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_batch_windows: int = Field(default=8, ge=1)
-    """Most 30 s windows in one batch: the weight `@serve.batch` and the coalescer limit."""
+    """Most 30 s windows in one batch: the weight `@serve.batch` and the coalescer limit (a
+    job's chunk runs whole, alone when it is larger: `WhisperTranscriber._as_one_unit`)."""
 
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
     """How long `@serve.batch` waits after a batch's first item for more."""
@@ -66,14 +67,10 @@ class BatchingConfig(BaseModel):
 
 
 class _Batcher(Protocol):
-    """A `@serve.batch` function of one bundle of work items (one item, or the items of one
-    window a request planned: `packing.seal_windows`), with the two settings Serve can
-    change. A bundle is never split between batches. Its result is the bundle's place in
-    the coalescer: await that for the items' results, in order."""
+    """A `@serve.batch` function of one work item, with the two settings Serve can change.
+    Its result is the item's place in the coalescer: await that for the item's result."""
 
-    def __call__(
-        self, bundle: list[WorkItem], /
-    ) -> Awaitable[asyncio.Future[list[ItemResult]]]: ...
+    def __call__(self, item: WorkItem, /) -> Awaitable[asyncio.Future[ItemResult]]: ...
 
     def set_max_batch_size(self, new_max_batch_size: int) -> None: ...
 
@@ -91,35 +88,25 @@ def batch_queue(coalescer: BatchCoalescer, config: BatchingConfig) -> _Batcher:
     batches <= max_ongoing_requests) holds without admitting more requests."""
     running: set[asyncio.Task[list[ItemResult]]] = set()
 
-    async def _run_batch(bundles: list[list[WorkItem]]) -> list[asyncio.Future[list[ItemResult]]]:
-        task = asyncio.create_task(coalescer.submit([i for bundle in bundles for i in bundle]))
+    async def _run_batch(items: list[WorkItem]) -> list[asyncio.Future[ItemResult]]:
+        task = asyncio.create_task(coalescer.submit(items))
         running.add(task)
         task.add_done_callback(running.discard)
-        places, start = [], 0
-        for bundle in bundles:
-            places.append(_result_of(task, start, start + len(bundle)))
-            start += len(bundle)
-        return places
+        return [_result_of(task, index) for index in range(len(items))]
 
     batched = serve.batch(
         max_batch_size=config.max_batch_windows,
         batch_wait_timeout_s=config.batch_wait_timeout_s,
         max_concurrent_batches=config.max_concurrent_batches,
-        batch_size_fn=_count_bundle_windows,
+        batch_size_fn=count_windows,
     )(_run_batch)
     return cast(_Batcher, batched)
 
 
-def _count_bundle_windows(bundles: list[list[WorkItem]]) -> int:
-    return count_windows([item for bundle in bundles for item in bundle])
-
-
-def _result_of(
-    batch: asyncio.Task[list[ItemResult]], start: int, end: int
-) -> asyncio.Future[list[ItemResult]]:
-    """The results of one bundle of a batch (its items are `start:end`). Its caller may
-    cancel it (it went away) without touching the batch, which other callers share."""
-    future: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+def _result_of(batch: asyncio.Task[list[ItemResult]], index: int) -> asyncio.Future[ItemResult]:
+    """The result of one item of a batch. Its caller may cancel it (it went away) without
+    touching the batch, which other callers' items share."""
+    future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
 
     def settle(done: asyncio.Task[list[ItemResult]]) -> None:
         if future.done():
@@ -129,7 +116,7 @@ def _result_of(
         elif (error := done.exception()) is not None:
             future.set_exception(error)
         else:
-            future.set_result(done.result()[start:end])
+            future.set_result(done.result()[index])
 
     batch.add_done_callback(settle)
     return future

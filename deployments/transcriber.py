@@ -40,7 +40,7 @@ from services.transcription.packing import (
     SHARED_WINDOW_SAMPLES,
     ItemResult,
     WorkItem,
-    seal_windows,
+    seal,
 )
 from services.transcription.streaming import StreamEvent, StreamStart, ramped_results
 from services.transcription.watchdog import CallWatchdog
@@ -95,6 +95,7 @@ class WhisperTranscriber:
         )
         self._batch = batch_queue(self._coalescer, self._batching)
         self._batch_used = False
+        self._units: set[asyncio.Task[list[ItemResult]]] = set()
         self._watchdog = CallWatchdog(settings.whisper.hung_call_s)
         self._ready = True
         self._stats = empty_stats()
@@ -172,24 +173,15 @@ class WhisperTranscriber:
                 item.request_key = key
                 item.background = background
                 item.queued_at = time.monotonic()
-            # A job's chunk is planned into windows of its own, so a chunk decoded again
-            # (a retried or resumed job) gives the same words; sync work packs with anyone.
-            bundles = (
-                seal_windows(prepared.items, key)
-                if background
-                else [[item] for item in prepared.items]
-            )
-            if bundles:
-                bundles[-1][-1].last_of_request = True
+            if prepared.items:
+                prepared.items[-1].last_of_request = True
             try:
                 self._batch_used = True
-                places = await asyncio.gather(*(self._batch(b) for b in bundles))
-                by_id = {
-                    id(item): result
-                    for bundle, results in zip(bundles, await asyncio.gather(*places), strict=True)
-                    for item, result in zip(bundle, results, strict=True)
-                }
-                results = [by_id[id(item)] for item in prepared.items]
+                if background:
+                    results = await self._as_one_unit(prepared.items, key)
+                else:
+                    places = await asyncio.gather(*(self._batch(i) for i in prepared.items))
+                    results = list(await asyncio.gather(*places))
             except asyncio.CancelledError:
                 # The caller went away: whatever of its work has not run yet is dropped.
                 for item in prepared.items:
@@ -279,9 +271,21 @@ class WhisperTranscriber:
             )
 
     async def _queued(self, item: WorkItem) -> ItemResult:
-        place = await self._batch([item])
-        (result,) = await place
-        return result
+        place = await self._batch(item)
+        return await place
+
+    async def _as_one_unit(self, items: list[WorkItem], key: int) -> list[ItemResult]:
+        """A job's chunk, run in one engine call with windows of its own (`packing.seal`):
+        its words never depend on other traffic, so a chunk decoded again (a retried or
+        resumed job) gives the same words. It goes to the coalescer directly, as one entry,
+        since Serve's batch queue would cut it at the window budget; interactive work queued
+        meanwhile still runs first. The run survives its caller going away (its items are
+        then marked abandoned and dropped if they have not run)."""
+        seal(items, key)
+        run = asyncio.create_task(self._coalescer.submit(items))
+        self._units.add(run)
+        run.add_done_callback(self._units.discard)
+        return await asyncio.shield(run)
 
     async def detect_languages(self, audio: Waveform, request_id: str | None = None) -> Any:
         """Every language's probability for `audio`, most likely first (a multilingual

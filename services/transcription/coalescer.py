@@ -128,8 +128,9 @@ class BatchCoalescer:
         return count_windows([i for e in self._pending for i in e.items if not i.abandoned])
 
     def _take_chunk(self) -> list[_Entry]:
-        """Entries that fit the window budget (at least one): interactive work first, then
-        background work (asynchronous jobs), each in arrival order."""
+        """Entries that fit the window budget (at least one, which may exceed it alone: a
+        job's chunk runs whole): interactive work first, then background work
+        (asynchronous jobs), each in arrival order."""
         self._pending.sort(key=lambda entry: all(item.background for item in entry.items))
         chunk: list[_Entry] = []
         items: list[WorkItem] = []

@@ -71,8 +71,7 @@ class WorkItem:
     """Its segments get per-token log-probabilities (`include[]=logprobs`)."""
     pack_key: object = None
     """Items with a key share windows only with items of the same key; None: with any item
-    of their batch. `seal_windows` keys a request's items by the window it planned for them,
-    so their windows (hence their words) never depend on what else was in the batch."""
+    of their batch (`seal`)."""
 
     @property
     def samples(self) -> int:
@@ -289,20 +288,15 @@ def count_windows(items: Sequence[WorkItem], *, pack: bool = True) -> int:
     )
 
 
-def seal_windows(items: Sequence[WorkItem], key: int) -> list[list[WorkItem]]:
-    """Plan a request's windows now, from its own items alone, and key each window's items
-    (`pack_key`) so they are decoded together and with nothing else: the bundles to queue,
-    each one window. The words then depend only on the request's audio, not on what else
-    the replica was doing: a job's chunk transcribed again after a crash comes out the same
-    (cross-request packing had varied them; measured on a 20-minute job, 42 windows planned
-    per chunk against 41 for all its chunks at once)."""
-    bundles = []
-    for index, plan in enumerate(plan_items(items, pack=True)):
-        bundle = [items[p.item] for p in sorted(plan.placements, key=lambda p: p.item)]
-        for item in bundle:
-            item.pack_key = (key, index)
-        bundles.append(bundle)
-    return bundles
+def seal(items: Sequence[WorkItem], key: object) -> None:
+    """Key a request's items (`pack_key`) so they share windows only with each other, and so
+    do the parts of them decoded again: run as one unit (`BatchCoalescer.submit`), their
+    windows, hence their words, then depend on the request's audio alone, never on what
+    else the replica was doing. A job's chunk decoded again after a crash comes out the
+    same (cross-request packing had varied it); measured on the 20-minute job, 42 windows
+    planned chunk by chunk against 41 for all its chunks at once."""
+    for item in items:
+        item.pack_key = key
 
 
 def window_fill(item_samples: Sequence[int], windows: Sequence[Window]) -> float:

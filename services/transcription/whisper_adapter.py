@@ -337,8 +337,7 @@ class _Pipeline(BatchedInferencePipeline):  # type: ignore[misc]
         """Add word timestamps to `outputs[k]` for each k in `indices`, in place.
 
         One window per call, from its own start: the library carries the last speech's end
-        across a call's windows and shortens a first word long after it, so word times moved
-        (up to 0.3 s) with a window's place in the batch. No slower, measured.
+        across a call's windows and shortens a first word long after it (moved up to 0.3 s).
         """
         encoder = self._encoder_output
         on_host = np.asarray(encoder if encoder.device == "cpu" else encoder.to_device(_HOST))

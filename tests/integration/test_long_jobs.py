@@ -80,7 +80,7 @@ def test_a_long_job_resumes_at_its_cut_points_after_the_tracker_dies(
     report(f"integration resume: cut points {cuts} (uninterrupted: {whole_cuts})")
     assert cuts == whole_cuts
     assert len(cuts) == 4  # two boundaries: (end, next start) each
-    # A job's chunk is decoded in windows of its own (`packing.seal_windows`), never packed
+    # A job's chunk runs as one unit in windows of its own (`packing.seal`), never packed
     # with whatever else is in flight, so the chunk decoded again gives the same words.
     drift = word_error_rate(whole["text"], resumed["text"])
     report(f"integration resume: WER between the resumed and the uninterrupted run {drift:.3f}")

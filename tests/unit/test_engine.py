@@ -9,7 +9,7 @@ from services.transcription.assembly import assemble
 from services.transcription.audio import decode_audio
 from services.transcription.domain import SAMPLE_RATE, DecodeOptions, TranscriptionOptions
 from services.transcription.engine import WhisperEngine
-from services.transcription.packing import Piece, WorkItem, seal_windows
+from services.transcription.packing import Piece, WorkItem, count_windows, seal
 from tests.conftest import DISTINCT, ENGLISH, SILENCE, report, word_error_rate, words_of
 
 WORDS = TranscriptionOptions(word_timestamps=True)
@@ -95,19 +95,20 @@ def test_without_packing_output_does_not_depend_on_other_traffic(
 def test_sealed_windows_give_the_same_words_beside_other_traffic(
     tiny_engine: WhisperEngine,
 ) -> None:
-    """A job's chunk (its windows sealed, as the replica does for background work) comes
-    out word for word the same alone and packed in with other requests' items."""
+    """A job's chunk (sealed, as the replica does for background work) comes out word for
+    word and time for time the same alone and in one batch with other requests' items."""
     gap = np.zeros(SAMPLE_RATE, dtype=np.float32)
     audio = np.concatenate([x for clip in ENGLISH[:12] for x in (_audio(clip), gap)])
     job = tiny_engine.prepare(audio, WORDS)
-    bundles = seal_windows(job.items, key=1)
+    seal(job.items, key=1)
     alone = assemble(job, tiny_engine.run(job.items))
-    assert tiny_engine.last_run.windows == len(bundles)
+    planned = count_windows(job.items)
+    assert tiny_engine.last_run.windows == planned
     others = [tiny_engine.prepare(_audio(c), WORDS) for c in DISTINCT[:3]]
     other_items = [i for p in others for i in p.items]
-    mixed = [*other_items[:1], *job.items[::-1], *other_items[1:]]
+    mixed = [*other_items[:1], *job.items, *other_items[1:]]
     results = dict(zip(map(id, mixed), tiny_engine.run(mixed), strict=True))
-    assert tiny_engine.last_run.windows >= len(bundles) + 1
+    assert tiny_engine.last_run.windows >= planned + 1
     beside = assemble(job, [results[id(i)] for i in job.items])
     words = [(w.word, w.start, w.end) for s in alone.segments for w in s.words]
     assert [(w.word, w.start, w.end) for s in beside.segments for w in s.words] == words

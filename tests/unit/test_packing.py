@@ -13,7 +13,7 @@ from services.transcription.packing import (
     group_by_decode,
     plan_items,
     plan_windows,
-    seal_windows,
+    seal,
     split_into_items,
 )
 from services.transcription.splitting import cut_short, spans_callers, split_window
@@ -103,23 +103,22 @@ def test_keyed_items_share_windows_only_with_their_own_key() -> None:
     assert count_windows([c, d]) == 1
 
 
-def test_sealed_windows_are_the_requests_own_plan_whatever_else_is_queued() -> None:
+def test_a_sealed_request_gets_its_own_plan_whatever_else_is_queued() -> None:
     lengths = [22, 7.5, 12, 3, 9, 14, 2.5, 28, 6]
     request = [_item(seconds) for seconds in lengths]
-    bundles = seal_windows(request, key=7)
-    assert len(bundles) == len(plan_windows([i.samples for i in request], pack=True))
-    assert sorted(id(i) for b in bundles for i in b) == sorted(id(i) for i in request)
-    position = {id(item): k for k, item in enumerate(request)}
-    for bundle in bundles:  # one key per window, in the request's order
-        assert len({i.pack_key for i in bundle}) == 1
-        assert [position[id(i)] for i in bundle] == sorted(position[id(i)] for i in bundle)
+    alone = plan_windows([i.samples for i in request], pack=True)
+    seal(request, key=7)
     others = [_item(seconds) for seconds in (4, 5, 6)]  # would fill the request's gaps
-    mixed = [others[0], *request[::-1], *others[1:]]
+    mixed = [others[0], *request, *others[1:]]
     windows = plan_items(mixed, pack=True)
-    assert len(windows) == len(bundles) + count_windows(others)
-    planned = {frozenset(id(i) for i in b) for b in bundles}
-    sealed = [w for w in windows if mixed[w.placements[0].item].pack_key is not None]
-    assert {frozenset(id(mixed[p.item]) for p in w.placements) for w in sealed} == planned
+    assert len(windows) == len(alone) + count_windows(others)
+    position = {id(item): k for k, item in enumerate(request)}
+    sealed = [
+        [position[id(mixed[p.item])] for p in w.placements]
+        for w in windows
+        if mixed[w.placements[0].item].pack_key is not None
+    ]
+    assert sealed == [[p.item for p in w.placements] for w in alone]
 
 
 def test_split_gives_each_caller_only_its_own_words_even_inside_one_segment() -> None:
