@@ -227,6 +227,9 @@ def _run_pipeline(
     from cluster.bulk_pipeline import build, plan_budget
 
     _connect(ray)
+    context = ray.get_runtime_context()
+    # Ops find the run in the dashboard by its job id; its metrics carry the worker id.
+    log.info("bulk_driver", ray_job_id=context.get_job_id(), worker_id=context.get_worker_id())
     rows_total = Counter(
         "rayscribe_bulk_rows", description="Bulk rows written, by status.", tag_keys=("status",)
     )
