@@ -77,7 +77,7 @@ class JobMetricsSampler:
         self._lease_s = lease_s
         self._telemetry = recorder
         self._exported: set[str] = set()
-        self._batch_states: set[str] = set()
+        self._batches_exported = False
         self._heartbeat: datetime | None = None
         """This tracker's last heartbeat as read from the database."""
 
@@ -113,8 +113,8 @@ class JobMetricsSampler:
     def _stand_down(self) -> None:
         if self._exported:
             self._telemetry.jobs_by_state(dict.fromkeys(self._exported, 0), 0.0)
-        if self._batch_states:
-            self._telemetry.batches_by_state(dict.fromkeys(self._batch_states, 0))
+        if self._batches_exported:
+            self._telemetry.batches_by_state(dict.fromkeys(BATCH_STATES, 0))
 
     async def _sample_batches(self) -> None:
         try:
@@ -126,7 +126,7 @@ class JobMetricsSampler:
         # on `rayscribe_batches` has something to read before the first batch exists.
         counts = dict.fromkeys(BATCH_STATES, 0) | counts
         self._telemetry.batches_by_state(counts)
-        self._batch_states |= set(counts)
+        self._batches_exported = True
 
     async def run_forever(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         while True:

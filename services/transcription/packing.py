@@ -266,14 +266,20 @@ def plan_items(items: Sequence[WorkItem], *, pack: bool) -> list[Window]:
     for index, item in enumerate(items):
         groups.setdefault(item.pack_key, []).append(index)
     free = groups.pop(None, [])
-    windows = []
-    for indices in [*groups.values(), free]:
-        for plan in plan_windows([items[i].samples for i in indices], pack=pack):
-            window = Window()
-            for placement in plan.placements:
-                window.add(indices[placement.item], items[indices[placement.item]].samples)
-            windows.append(window)
-    return windows
+    return [
+        _reindexed(plan, indices, items)
+        for indices in [*groups.values(), free]
+        for plan in plan_windows([items[i].samples for i in indices], pack=pack)
+    ]
+
+
+def _reindexed(plan: Window, indices: Sequence[int], items: Sequence[WorkItem]) -> Window:
+    """`plan`, planned for `items[i]` for i in `indices`, with its placements naming the
+    items by their index into `items`."""
+    window = Window()
+    for placement in plan.placements:
+        window.add(indices[placement.item], items[indices[placement.item]].samples)
+    return window
 
 
 def count_windows(items: Sequence[WorkItem], *, pack: bool = True) -> int:
@@ -309,13 +315,8 @@ def window_fill(item_samples: Sequence[int], windows: Sequence[Window]) -> float
 def windows_for(items: Sequence[WorkItem], indices: list[int], *, pack: bool) -> list[Window]:
     """Windows for just `items[i]` for i in `indices` (placements keep the indices into
     `items`): how the engine decodes a subset again."""
-    windows = []
-    for plan in plan_items([items[i] for i in indices], pack=pack):
-        window = Window()
-        for placement in plan.placements:
-            window.add(indices[placement.item], items[indices[placement.item]].samples)
-        windows.append(window)
-    return windows
+    subset = [items[i] for i in indices]
+    return [_reindexed(plan, indices, items) for plan in plan_items(subset, pack=pack)]
 
 
 def window_audio(items: Sequence[WorkItem], window: Window) -> Waveform:
