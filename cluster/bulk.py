@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         speakers=args.speakers,
         num_speakers=args.num_speakers,
     )
+    ran = False  # whether rows may have been counted, so there are metrics to flush
     try:
         output = OutputDir(resolve(args.output, settings.storage), format=args.format)
         work = plan(args.input, output, run, settings.storage, force=args.force)
@@ -184,21 +185,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("bulk_started", input=args.input, output=output.location.url, **_dict(work.counts))
         counts = work.counts
         if work.todo:
+            ran = True
             counts = _run_pipeline(args, settings, work.todo, output, work.counts, sink)
     except (InputError, ValueError) as exc:
         log.error("bulk_failed", error=str(exc))
         sink.finished(sink.counts, str(exc))
         print(f"bulk: {exc}", file=sys.stderr)
+        if ran:
+            _flush_metrics(settings)
         return 1
     except BaseException as exc:
         log.exception("bulk_failed")
         sink.finished(sink.counts, f"{type(exc).__name__}: {exc}")
         if isinstance(exc, SystemExit | KeyboardInterrupt):
-            return 1
+            return 1  # `ray job stop` kills soon after its signal: no time to flush metrics
+        if ran:
+            _flush_metrics(settings)  # the rows counted before the crash still reach Prometheus
         raise
     sink.finished(counts, None)
     log.info("bulk_finished", output=output.location.url, **_dict(counts))
-    if work.todo:
+    if ran:
         _flush_metrics(settings)
     return 0
 
@@ -267,10 +273,11 @@ def _run_pipeline(
 
 
 def _flush_metrics(settings: Settings) -> None:
-    """After a run that wrote rows, stay up until Ray's metrics agent has the last counts
-    (`bulk.metrics_flush_s`): Ray reports a process's metrics every 10 s and loses what was
-    not sent when it exits. Only on a cluster joined through RAY_ADDRESS: a local Ray ends
-    with this process, and its metrics with it."""
+    """After a run that reached the pipeline, finished or failed, stay up until Ray's
+    metrics agent has the last counts (`bulk.metrics_flush_s`): Ray reports a process's
+    metrics every 10 s and loses what was not sent when it exits. Not after `ray job stop`,
+    which kills the driver seconds after its signal. Only on a cluster joined through
+    RAY_ADDRESS: a local Ray ends with this process, and its metrics with it."""
     if os.environ.get("RAY_ADDRESS") and settings.bulk.metrics_flush_s > 0:
         log.info("bulk_metrics_flush", wait_s=settings.bulk.metrics_flush_s)
         time.sleep(settings.bulk.metrics_flush_s)

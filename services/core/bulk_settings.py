@@ -52,4 +52,4 @@ class BulkSettings(BaseModel):
     """...or once its oldest row waited this long: at most this much finished work is redone after a kill."""
 
     metrics_flush_s: float = Field(default=12.0, ge=0)
-    """On a Ray cluster, how long a finished run's driver stays up so that Ray's metrics agent gets its last counts (`rayscribe_bulk_rows_total`): Ray sends a process's metrics every 10 s and drops what a process had not sent when it exits. Rows are all written before; 0 exits at once."""
+    """On a Ray cluster, how long a finished or failed run's driver stays up so that Ray's metrics agent gets its last counts (`rayscribe_bulk_rows_total`): Ray sends a process's metrics every 10 s and drops what a process had not sent when it exits. Rows are all written before; 0 exits at once."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -245,3 +246,30 @@ def test_the_cpu_budget_fits_what_is_free() -> None:
     assert tight.engine_num_cpus > tight.prepare_num_cpus > 0
     held = plan_budget(settings, min_workers=1, max_workers=1, num_gpus=None, available_cpus=0)
     assert (held.prepare_num_cpus, held.engine_num_cpus) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("ending", "flushed"),
+    [("RuntimeError('worker lost')", True), ("SystemExit('stopped by signal 15')", False)],
+)
+def test_a_run_that_fails_midway_still_flushes_its_metrics(
+    tmp_path: Path, ending: str, flushed: bool
+) -> None:
+    """Rows counted before a crash reach Prometheus only if the driver waits for Ray's
+    agent; after `ray job stop` (SystemExit from SIGTERM) Ray kills it too soon to wait."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.flac").write_bytes(ENGLISH[0].path.read_bytes())
+    script = (
+        "import cluster.bulk as b\n"
+        "def crash(*args, **kwargs):\n"
+        f"    raise {ending}\n"
+        "b._run_pipeline = crash\n"
+        f"b.main(['--input', {str(tmp_path / 'in')!r}, '--output', {str(tmp_path / 'out')!r}])\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "RAYSCRIBE_BULK__METRICS_FLUSH_S": "0.01"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert "bulk_failed" in done.stderr
+    assert ("bulk_metrics_flush" in done.stderr) is flushed, done.stderr[-2000:]
