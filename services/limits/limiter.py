@@ -16,7 +16,7 @@ from typing import Any
 from services.core.cache import CircuitBreaker
 from services.core.logging import get_logger
 from services.core.settings import LimitsSettings, RedisSettings
-from services.limits.gcra import GCRA_LUA, Decision, MemoryGcra, Quota, decide
+from services.limits.gcra import GCRA_LUA, TOLERANCE_S, Decision, MemoryGcra, Quota, decide
 
 log = get_logger(__name__)
 
@@ -95,7 +95,13 @@ class UsageLimiter:
             return None
         if self._client is not None:
             bucket = f"{KEY_PREFIX}{kind.value}:{key}"
-            args = [quota.interval_s * 1000, quota.period_s * 1000, cost, "1" if force else "0"]
+            args = [
+                quota.interval_s * 1000,
+                quota.period_s * 1000,
+                cost,
+                "1" if force else "0",
+                TOLERANCE_S * 1000,
+            ]
 
             async def run() -> Any:
                 return await self._script(keys=[bucket], args=args)

@@ -70,6 +70,45 @@ def test_gcra_weighted_forced_and_refunded_takes() -> None:
     assert gcra.take("u", quota, 4).allowed
 
 
+@pytest.mark.parametrize("clock_s", [1e3 + 0.1234567, 4.6e6 + 0.987654321, 1.8e9 + 0.123456])
+@pytest.mark.parametrize(("limit", "period_s"), [(1, 600.0), (7, 600.0), (3, 30.0), (10, 3.3)])
+def test_a_full_burst_is_allowed_whatever_the_clock_reads(
+    clock_s: float, limit: int, period_s: float
+) -> None:
+    """`tat + interval - period` rounds differently at each clock reading: a user's whole
+    quota must pass at every one of them (it used to fail one time in four)."""
+    quota = Quota(limit, period_s)
+    for step in range(50):
+        clock = FakeClock()
+        clock.now = clock_s + step * 0.0137
+        gcra = MemoryGcra(clock)
+        taken = [gcra.take("u", quota, 1).allowed for _ in range(limit + 1)]
+        assert taken == [True] * limit + [False], f"at {clock.now!r}"
+
+
+@pytest.mark.parametrize("limit", [1, 7])
+async def test_the_redis_script_allows_a_full_burst_in_a_fresh_bucket(limit: int) -> None:
+    """The same on Redis's clock, in milliseconds since 1970 (about 1.8e12)."""
+    keys = [f"burst-{limit}-{i}" for i in range(40)]
+    client = sync_redis.Redis.from_url(SHARED_REDIS)
+    client.delete(*(f"rayscribe:limits:requests:{key}" for key in keys))
+    settings = LimitsSettings(requests_per_minute=limit, requests_period_s=600.0)
+    limiter = UsageLimiter(settings, RedisSettings(url=SHARED_REDIS))
+    try:
+        for key in keys:
+            taken = []
+            for _ in range(limit + 1):
+                decision = await limiter.take(Kind.REQUESTS, key)
+                assert decision is not None
+                taken.append(decision.allowed)
+            assert taken == [True] * limit + [False], key
+        assert limiter.mode is Mode.SHARED
+    finally:
+        await limiter.close()
+        client.delete(*(f"rayscribe:limits:requests:{key}" for key in keys))
+        client.close()
+
+
 async def test_the_redis_script_decides_like_the_memory_table() -> None:
     client = sync_redis.Redis.from_url(SHARED_REDIS)
     client.delete("rayscribe:limits:requests:parity", "rayscribe:limits:audio_s:parity")
