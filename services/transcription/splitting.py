@@ -120,10 +120,18 @@ class Tail:
 
     def merged(self, first: ItemResult, again: ItemResult) -> ItemResult:
         """The item's result: the kept segments, then the tail's; the first result when the
-        tail failed or heard nothing (never fewer words for having tried again)."""
+        tail failed, heard nothing, or heard fewer words than the segments it replaces
+        (never fewer words for having tried again)."""
         if isinstance(again, Exception) or not any(s.text.strip() for s in again):
             return first
-        return [*self.kept, *again]
+        joined = [*self.kept, *again]
+        if not isinstance(first, Exception) and _word_count(joined) < _word_count(first):
+            return first
+        return joined
+
+
+def _word_count(segments: Sequence[Segment]) -> int:
+    return sum(len(s.words) if s.words else len(s.text.split()) for s in segments)
 
 
 def tail_of(item: WorkItem, segments: Sequence[Segment], *, cut_short: bool) -> Tail | None:

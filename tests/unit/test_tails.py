@@ -108,6 +108,22 @@ def test_joining_keeps_the_first_result_unless_the_tail_heard_something() -> Non
     assert tail.merged(first, [replace(_seg(8.1, 8.2), text=" ")]) == first
 
 
+def test_joining_never_gives_fewer_words_than_the_first_decoding() -> None:
+    """A tail that starts before the last heard word replaces segments already heard:
+    when it hears fewer words than those, the first result stands."""
+    first = [
+        _seg(0.5, 1.0, (" a", 0.5, 1.0)),
+        _seg(8.2, 11.0, (" b", 8.2, 9.0), (" c", 10.0, 11.0)),
+    ]
+    tail = Tail(item=_item([(8.0, 12.0)]), kept=first[:1])
+    shorter = [_seg(8.1, 9.0, (" b", 8.1, 9.0))]
+    assert tail.merged(first, shorter) == first
+    longer = [_seg(8.1, 12.0, (" b", 8.1, 9.0), (" c", 10.0, 11.0), (" d", 11.2, 12.0))]
+    assert tail.merged(first, longer) == [first[0], *longer]
+    same = [_seg(8.1, 11.0, (" b", 8.1, 9.0), (" see", 10.0, 11.0))]
+    assert tail.merged(first, same) == [first[0], *same]  # a tie keeps the later decoding
+
+
 def test_failed_items_have_no_tail() -> None:
     item = _item(ITEM)
     heard = [_seg(0.5, 11.0, (" a", 0.5, 1.0), (" b", 10.0, 11.0))]
