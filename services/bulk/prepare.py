@@ -28,7 +28,7 @@ from services.bulk.rows import error_text, speaker_options, transcription_option
 from services.bulk.speakers import (
     DIARIZATION_FAILED,
     MAX_SPEECH_S,
-    SpeakerLabeller,
+    InWorkerDiarizer,
 )
 from services.core.errors import ServiceError
 from services.core.logging import get_logger
@@ -89,7 +89,7 @@ class Preparer:
         self,
         bulk: BulkSettings,
         storage: StorageSettings,
-        labeller: SpeakerLabeller | None = None,
+        labeller: InWorkerDiarizer | None = None,
     ) -> None:
         """`labeller` diarizes the files whose options ask for speakers."""
         self._bulk = bulk

@@ -43,7 +43,10 @@ prepare worker killed for memory would take its whole block of files with it. A 
 file keeps its transcript with `diarization_failed` saying so."""
 
 
-class SpeakerLabeller(Protocol):
+class InWorkerDiarizer(Protocol):
+    """Speaker turns computed inside a bulk prepare worker, synchronously; the online
+    services' async seam is `services.transcription.service.SpeakerLabeller`."""
+
     def diarize(self, audio: Waveform, num_speakers: int | None = None) -> list[Turn]:
         """Speaker turns of 16 kHz mono audio (`services.diarization.pipeline.Diarizer`)."""
 
@@ -63,7 +66,7 @@ def diarization_missing() -> str | None:
     return None
 
 
-def load_labeller() -> SpeakerLabeller:
+def load_labeller() -> InWorkerDiarizer:
     from services.diarization.encoder import SpeakerEncoder
     from services.diarization.pipeline import Diarizer
 
