@@ -54,8 +54,11 @@ class SpeakerDiarizer:
         audio: np.ndarray,
         num_speakers: int | None,
         references: list[tuple[str, np.ndarray]],
+        abandoned: threading.Event,
     ) -> list[dict[str, Any]]:
         with self._lock:
+            if abandoned.is_set():  # its caller went away while it waited for the lock
+                return []
             turns = self._diarizer.diarize(
                 audio.astype(np.float32, copy=False),
                 num_speakers=num_speakers,
@@ -69,5 +72,15 @@ class SpeakerDiarizer:
         num_speakers: int | None = None,
         references: list[tuple[str, np.ndarray]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Speaker turns (`start`, `end` in seconds, `speaker`) of 16 kHz mono audio."""
-        return await asyncio.to_thread(self._run, audio, num_speakers, references or [])
+        """Speaker turns (`start`, `end` in seconds, `speaker`) of 16 kHz mono audio.
+
+        A cancelled call (the client went away) cannot stop its thread, but one still
+        waiting for the lock then returns at once instead of diarizing for nobody."""
+        abandoned = threading.Event()
+        try:
+            return await asyncio.to_thread(
+                self._run, audio, num_speakers, references or [], abandoned
+            )
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
