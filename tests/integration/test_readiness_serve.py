@@ -34,6 +34,7 @@ def test_readyz_answers_promptly_while_the_model_queue_is_saturated(
 
     timings: list[float] = []
     with ThreadPoolExecutor(BURST) as pool:
+        burst_started = time.monotonic()
         burst = [pool.submit(transcribe, i) for i in range(BURST)]
         time.sleep(1.0)  # let the burst reach the model's queue
         for _ in range(5):
@@ -45,9 +46,13 @@ def test_readyz_answers_promptly_while_the_model_queue_is_saturated(
             time.sleep(0.3)
         still_running = sum(not f.done() for f in burst)
         statuses = [f.result() for f in burst]
+        burst_s = time.monotonic() - burst_started
     assert set(statuses) <= {200, 503}, statuses
-    assert max(timings) < 2.0, timings
+    # A probe that queued behind the model would take about as long as the burst itself;
+    # the ingress parsing 48 uploads at once may hold one probe a couple of seconds.
+    assert max(timings) < min(5.0, burst_s / 2), (timings, burst_s)
     report(
         f"/readyz under a burst of {BURST} sync requests ({still_running} still in flight "
-        f"after the probes): slowest {max(timings) * 1000:.0f} ms of {len(timings)}"
+        f"after the probes, {burst_s:.1f} s in all): slowest {max(timings) * 1000:.0f} ms "
+        f"of {len(timings)}"
     )
